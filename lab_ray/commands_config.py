@@ -1,0 +1,28 @@
+"""`lab-ray config show`: print the resolved configuration."""
+
+from __future__ import annotations
+
+import argparse
+
+from lab_ray.cli import split_args
+from lab_ray.config import load_config, to_yaml
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("config", help="inspect configuration")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    csub.required = True
+    show = csub.add_parser("show", parents=[common], help="print the resolved config (after overrides)")
+    show.add_argument("overrides", nargs="*", metavar="key=value")
+    show.set_defaults(handler=_show)
+
+
+def _show(ns: argparse.Namespace) -> int:
+    positional, overrides = split_args(ns.overrides)
+    if positional:
+        from lab_ray.errors import ConfigError
+
+        raise ConfigError(f"config show takes only key=value overrides, not {positional[0]!r}")
+    cfg = load_config(overrides, ns.config)
+    print(to_yaml(cfg), end="")
+    return 0

@@ -1,0 +1,1 @@
+"""Taxonomy layer: qna.yaml leaves, validation, diff, documents and licences."""
