@@ -1,0 +1,1 @@
+"""The whole LAB flow as one command (`lab-ray run`) and its reporting."""
