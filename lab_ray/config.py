@@ -87,6 +87,16 @@ def _read_yaml(path: Path, what: str) -> dict:
     return data
 
 
+def _anchor_paths(data: dict, base: Path) -> dict:
+    """Relative repo_map directories in a config file are relative to that file."""
+    repo_map = ((data.get("taxonomy") or {}).get("documents") or {}).get("repo_map")
+    if isinstance(repo_map, dict):
+        for url, local in repo_map.items():
+            if isinstance(local, str) and not Path(local).expanduser().is_absolute():
+                repo_map[url] = str((base / local).resolve())
+    return data
+
+
 def _split_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     """Separate profile shorthands (`teacher=NAME`) from dotlist overrides."""
     profiles: dict[str, str] = {}
@@ -123,8 +133,10 @@ def load_config(overrides: Sequence[str] = (), config_file: str | None = None) -
     defaults_path = cdir / "defaults.yaml"
     layers: list[tuple[dict, str]] = []
     if defaults_path.exists():
-        layers.append((_read_yaml(defaults_path, "config file"), str(defaults_path)))
-    user: dict = _read_yaml(Path(config_file), "config file") if config_file else {}
+        layers.append((_anchor_paths(_read_yaml(defaults_path, "config file"), cdir), str(defaults_path)))
+    user: dict = {}
+    if config_file:
+        user = _anchor_paths(_read_yaml(Path(config_file), "config file"), Path(config_file).parent)
     cli_profiles, dotlist = _split_overrides(overrides)
 
     # Which profile of each group: defaults.yaml < --config < command line.
