@@ -92,14 +92,20 @@ def read_document(path: Path, max_bytes: int = 20_000_000) -> str:
 
 def _git(args: list[str], cwd: Path | None = None, input_bytes: bytes | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-    return subprocess.run(["git", *args], cwd=cwd, input=input_bytes, capture_output=True,
-                          timeout=GIT_TIMEOUT_S, env=env, check=False)
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, input=input_bytes, capture_output=True,
+                              timeout=GIT_TIMEOUT_S, env=env, check=False)
+    except FileNotFoundError:
+        raise DocumentProblem("git is not installed; it is needed to read knowledge documents from a repo "
+                              "(or map the repo to a plain directory in taxonomy.documents.repo_map)", ".document.repo")
+    except subprocess.TimeoutExpired:
+        raise DocumentProblem(f"git {args[0]} timed out after {GIT_TIMEOUT_S} s", ".document.repo")
 
 
 def _is_git_root(path: Path) -> bool:
     try:
         out = _git(["rev-parse", "--show-toplevel"], cwd=path)
-    except (OSError, subprocess.TimeoutExpired):
+    except DocumentProblem:
         return False
     return out.returncode == 0 and Path(out.stdout.decode().strip()).resolve() == path.resolve()
 
