@@ -25,6 +25,7 @@ STAGE_COMMANDS = [
     "lab_ray.train.commands",
     "lab_ray.eval.commands",
     "lab_ray.pipeline.commands",
+    "lab_ray.pipeline.submit",
 ]
 
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lab_ray.errors import ConfigError
+from lab_ray.pipeline.config import SubmitConfig
 from lab_ray.taxonomy.config import TaxonomyConfig
 from lab_ray.teacher.config import TeacherConfig
 
@@ -57,6 +58,7 @@ class LabRayConfig:
     # Sections owned by later stages are free-form until their schema lands.
     sdg: Dict[str, Any] = field(default_factory=dict)
     train: Dict[str, Any] = field(default_factory=dict)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
 
 
 def conf_dir() -> Path:

@@ -1,0 +1,120 @@
+"""`lab-ray submit`: run any lab-ray command as a Ray Job on a cluster.
+
+    lab-ray submit [--address URL] [submit.key=value ...] -- generate run.name=x
+    lab-ray submit --status ID | --logs ID | --stop ID
+
+The job runs `python -m lab_ray.cli <command>` inside the uploaded working
+directory, so the cluster runs exactly this checkout's code and conf/. The
+entrypoint is built with shlex.join: arguments are quoted, never interpreted
+by the job's shell. Logs stream until the job ends; the exit status is the
+job driver's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+
+from lab_ray.cli import split_args
+from lab_ray.config import load_config
+from lab_ray.errors import ConfigError, LabRayError
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("submit", parents=[common], help="run a lab-ray command as a Ray Job on a cluster",
+                       usage="lab-ray submit [--address URL] [overrides] -- COMMAND [ARGS...]")
+    p.add_argument("--address", help="Ray Jobs API address (default: submit.address)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--status", metavar="JOB_ID")
+    group.add_argument("--logs", metavar="JOB_ID")
+    group.add_argument("--stop", metavar="JOB_ID")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    p.set_defaults(handler=_submit)
+
+
+def _client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise LabRayError(f"cannot reach the Ray Jobs API at {address}: {str(e).splitlines()[0]} "
+                          "(is the cluster up? is submit.address right?)")
+
+
+def build_runtime_env(cfg) -> dict:
+    sc = cfg.submit
+    env: dict = {}
+    if sc.runtime_env_file and Path(sc.runtime_env_file).is_file():
+        env = yaml.safe_load(Path(sc.runtime_env_file).read_text()) or {}
+        if not isinstance(env, dict):
+            raise ConfigError(f"{sc.runtime_env_file} must be a mapping (a Ray runtime_env)")
+    env["working_dir"] = sc.working_dir
+    env["excludes"] = sorted(set(env.get("excludes", [])) | set(sc.excludes))
+    env["env_vars"] = {**env.get("env_vars", {}), **dict(sc.env_vars)}
+    return env
+
+
+def entrypoint(command: list[str]) -> str:
+    return shlex.join(["python", "-m", "lab_ray.cli", *command])
+
+
+def _submit(ns: argparse.Namespace) -> int:
+    rest = list(ns.rest)
+    if "--" in rest:
+        cut = rest.index("--")
+        own, command = rest[:cut], rest[cut + 1:]
+    else:
+        own, command = [], rest
+    positional, overrides = split_args(own)
+    if positional:
+        raise ConfigError(f"put the lab-ray command after '--' (got {positional[0]!r} before it)")
+    cfg = load_config(overrides, ns.config)
+    address = ns.address or cfg.submit.address
+    client = _client(address)
+    if ns.status:
+        info = client.get_job_info(ns.status)
+        print(f"{ns.status}: {info.status} {info.message or ''}".rstrip())
+        return 0
+    if ns.logs:
+        print(client.get_job_logs(ns.logs), end="")
+        return 0
+    if ns.stop:
+        stopped = client.stop_job(ns.stop)
+        print(f"{ns.stop}: {'stopping' if stopped else 'already finished'}")
+        return 0
+    if not command:
+        raise ConfigError("nothing to submit: give a lab-ray command after '--', e.g. -- generate run.name=x")
+    job_id = client.submit_job(
+        entrypoint=entrypoint(command),
+        runtime_env=build_runtime_env(cfg),
+        entrypoint_num_cpus=cfg.submit.entrypoint_num_cpus or None,
+        entrypoint_num_gpus=cfg.submit.entrypoint_num_gpus or None,
+    )
+    print(f"submitted {job_id} to {address}", file=sys.stderr)
+    if ns.no_wait:
+        print(job_id)
+        return 0
+    try:
+        asyncio.run(_stream(client, job_id))
+    except KeyboardInterrupt:
+        print(f"\ndetached; the job keeps running. `lab-ray submit --stop {job_id}` stops it", file=sys.stderr)
+        return 130
+    info = client.get_job_info(job_id)
+    code = info.driver_exit_code
+    print(f"{job_id}: {info.status}" + (f" (exit {code})" if code is not None else ""), file=sys.stderr)
+    if code is not None:
+        return int(code)
+    return 0 if str(info.status) in ("SUCCEEDED", "JobStatus.SUCCEEDED") else 1
+
+
+async def _stream(client, job_id: str) -> None:
+    async for chunk in client.tail_job_logs(job_id):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()

@@ -1,0 +1,85 @@
+"""`lab-ray submit` round trip against a real local Ray head (loopback only)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fixture_paths import REPO
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """`ray start --head --block` in its own process group; killed (only it) at the end."""
+    gcs, dash = _free_port(), _free_port()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", dash), timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail("ray start --head exited early")
+            time.sleep(1)
+    else:
+        pytest.fail("Ray dashboard did not come up")
+    yield address
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _submit(address: str, *command: str, timeout: int = 300):
+    return subprocess.run(
+        [str(BIN / "lab-ray"), "submit", "--address", address, f"submit.working_dir={REPO}", "--", *command],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_submit_streams_logs_and_returns_success(ray_head):
+    proc = _submit(ray_head, "config", "show", "run.name=submitted-by-test")
+    assert proc.returncode == 0, proc.stderr
+    assert "name: submitted-by-test" in proc.stdout  # the job's own output, streamed back
+    assert "SUCCEEDED" in proc.stderr
+
+
+def test_submit_returns_the_jobs_exit_status(ray_head, tmp_path):
+    proc = _submit(ray_head, "taxonomy", "validate", str(tmp_path / "no-such-taxonomy"))
+    assert proc.returncode == 1
+    assert "does not exist" in proc.stdout
+    job_id = proc.stderr.split("submitted ", 1)[1].split()[0]
+    status = subprocess.run([str(BIN / "lab-ray"), "submit", "--address", ray_head, "--status", job_id],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and "FAILED" in status.stdout
+    logs = subprocess.run([str(BIN / "lab-ray"), "submit", "--address", ray_head, "--logs", job_id],
+                          capture_output=True, text=True, timeout=60)
+    assert "does not exist" in logs.stdout
+
+
+def test_submit_to_nothing_is_a_clear_error():
+    proc = subprocess.run([str(BIN / "lab-ray"), "submit", "--address", f"http://127.0.0.1:{_free_port()}",
+                           "--", "config", "show"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "cannot reach the Ray Jobs API" in proc.stderr
