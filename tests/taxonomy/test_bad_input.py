@@ -228,3 +228,20 @@ def test_bad_input_exit_code_in_a_real_process(tmp_path):
     proc = subprocess.run([str(exe), "taxonomy", "validate", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "at least 5 items" in proc.stderr
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_every_skill_schema_version_the_package_accepts(cli, tmp_path, version):
+    text = skill_yaml().replace("version: 3\n", "" if version == 1 else f"version: {version}\n")
+    write(tmp_path, LEAF, text)
+    code, err = _validate(cli, tmp_path)
+    assert code == 0, err
+
+
+def test_deprecated_knowledge_version_is_the_packages_error(cli, tmp_path):
+    text = ("version: 2\ncreated_by: t\ndomain: d\ntask_description: x\ndocument:\n  repo: r\n  commit: c\n"
+            "  patterns: ['a.md']\nseed_examples:\n" + "".join(
+                f"  - question: q{i}?\n    answer: a{i}\n    context: c{i}\n" for i in range(5)))
+    write(tmp_path, "knowledge/old", text)
+    code, err = _validate(cli, tmp_path)
+    assert code == 1 and "knowledge/old/qna.yaml" in err and "deprecated" in err.lower()
