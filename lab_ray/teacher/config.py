@@ -3,18 +3,73 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class BatchingConfig:
+    # @serve.batch: requests arriving together are generated as one padded batch.
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.05
+
+
+@dataclass
+class AutoscalingConfig:
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 16.0
+
+
+@dataclass
+class ClientConfig:
+    # Requests in flight at once from one client (one per SDG actor).
+    max_concurrency: int = 16
+    timeout_s: float = 300.0
+    max_retries: int = 3
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+
+
+@dataclass
+class VLLMConfig:
+    """ray.serve.llm LLMConfig fields (GPU only; see conf/teacher/mixtral-vllm.yaml)."""
+
+    model_source: str = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+    accelerator_type: Optional[str] = "A100-40G"
+    tensor_parallel_size: int = 4
+    max_model_len: int = 8192
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True
+    max_ongoing_requests: int = 128
+    engine_kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class TeacherConfig:
     # cpu: transformers Serve deployment (embedded default);
-    # vllm: ray.serve.llm + vLLM on GPUs; openai: external endpoint.
+    # vllm: ray.serve.llm + vLLM on GPUs; openai: an external endpoint.
     backend: str = "cpu"
+    # Name clients send as `model`; for cpu also what is loaded
+    # ("SmolLM2-135M-Instruct" = the embedded model, or a local HF directory).
     model: str = "SmolLM2-135M-Instruct"
+    model_path: Optional[str] = None
     host: str = "127.0.0.1"
     port: int = 8000
+    route_prefix: str = "/"
+    app_name: str = "teacher"
+    # openai backend (or an already running teacher): where to send requests.
     base_url: Optional[str] = None
-    # API key; the env var named below overrides it when set.
+    # API key; the environment variable named below overrides it when set.
     api_key: Optional[str] = None
     api_key_env: str = "LAB_RAY_TEACHER_API_KEY"
+    # CPU replica resources; torch threads per replica.
+    num_cpus: float = 1.0
+    torch_threads: int = 2
+    max_ongoing_requests: int = 256
+    default_max_tokens: int = 256
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    # Extra stop strings always applied (besides the model's EOS).
+    stop: List[str] = field(default_factory=list)

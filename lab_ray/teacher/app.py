@@ -1,0 +1,82 @@
+"""Start (or attach to) Ray, deploy the teacher, and tell clients where it is."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from omegaconf import OmegaConf
+
+from lab_ray.errors import ConfigError, LabRayError
+
+
+@dataclass
+class TeacherEndpoint:
+    base_url: str  # ends in /v1
+    model: str
+    api_key: str | None
+
+
+def api_key(cfg) -> str | None:
+    return os.environ.get(cfg.api_key_env) or cfg.api_key or None
+
+
+def init_ray(ray_cfg) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs = {"include_dashboard": bool(ray_cfg.include_dashboard), "configure_logging": True,
+              "log_to_driver": False}
+    if ray_cfg.address:
+        ray.init(address=ray_cfg.address, **kwargs)
+    else:
+        # "local": always a fresh in-process cluster, never a stale one found in /tmp/ray
+        ray.init(address="local", num_cpus=ray_cfg.num_cpus, **kwargs)
+
+
+def deployment_options(cfg) -> dict:
+    auto = cfg.autoscaling
+    opts = {"max_ongoing_requests": cfg.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": cfg.num_cpus}}
+    if auto.max_replicas > auto.min_replicas:
+        opts["autoscaling_config"] = {"min_replicas": auto.min_replicas, "max_replicas": auto.max_replicas,
+                                      "target_ongoing_requests": auto.target_ongoing_requests}
+    else:
+        opts["num_replicas"] = auto.min_replicas
+    return opts
+
+
+def deploy(cfg, ray_cfg) -> TeacherEndpoint:
+    """Deploy the configured backend on Ray Serve; returns its endpoint."""
+    if cfg.backend == "openai":
+        if not cfg.base_url:
+            raise ConfigError("teacher.backend=openai needs teacher.base_url (e.g. http://host:8000/v1)")
+        return TeacherEndpoint(cfg.base_url.rstrip("/"), cfg.model, api_key(cfg))
+    if cfg.backend not in ("cpu", "vllm"):
+        raise ConfigError(f"teacher.backend={cfg.backend!r}: use cpu, vllm or openai")
+    from ray import serve
+
+    init_ray(ray_cfg)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    if cfg.backend == "cpu":
+        from lab_ray.teacher.serve_cpu import CPUTeacher
+
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        app = CPUTeacher.options(**deployment_options(cfg)).bind(plain)
+    else:
+        from lab_ray.teacher.serve_vllm import build_vllm_app
+
+        app = build_vllm_app(cfg)
+    try:
+        serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
+    except Exception as e:  # a replica that cannot start surfaces here
+        raise LabRayError(f"the teacher deployment failed to start: {str(e).splitlines()[0][:300]}")
+    prefix = cfg.route_prefix.rstrip("/")
+    return TeacherEndpoint(f"http://{cfg.host}:{cfg.port}{prefix}/v1", cfg.model, api_key(cfg))
+
+
+def shutdown() -> None:
+    from ray import serve
+
+    serve.shutdown()

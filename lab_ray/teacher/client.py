@@ -1,0 +1,217 @@
+"""The one teacher client every generation and judging stage uses.
+
+It speaks the OpenAI HTTP API, so the same code drives the CPU Serve app, the
+vLLM app from `ray.serve.llm`, or any external OpenAI-compatible server.
+- Concurrency is bounded by a semaphore; one pooled httpx.AsyncClient reuses
+  connections for the life of the client.
+- Timeouts, connection errors, 429, 5xx and garbage bodies are retried with
+  exponential backoff and full jitter (Retry-After is honoured on 429);
+  other 4xx are not retried.
+- A request that still fails comes back as a TeacherReply with ok=False and
+  a reason; nothing raises out of a batch.
+- Token usage, requests, retries and failures accumulate in `usage`.
+Sync callers (Ray Data actors) use `run_many`, which runs the coroutines on
+a private event-loop thread so connections survive across batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+@dataclass
+class TeacherReply:
+    ok: bool
+    texts: list[str] = field(default_factory=list)
+    error: str | None = None  # timeout | connection | http_<status> | garbage | ...
+    detail: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 0
+    # Constrained choice: log P(choice) per allowed string, and normalised probabilities.
+    choice_logprobs: dict[str, float] | None = None
+    logprobs: list[Any] = field(default_factory=list)  # per returned choice, as the server sent it
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
+
+    def choice_probs(self) -> dict[str, float] | None:
+        if not self.choice_logprobs:
+            return None
+        top = max(self.choice_logprobs.values())
+        exp = {k: math.exp(v - top) for k, v in self.choice_logprobs.items()}
+        total = sum(exp.values())
+        return {k: v / total for k, v in exp.items()}
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+    retries: int = 0
+    failures: int = 0
+
+    def add(self, other: "Usage") -> None:
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class TeacherClient:
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, max_concurrency: int = 16,
+                 timeout_s: float = 300.0, max_retries: int = 3, backoff_base_s: float = 0.5,
+                 backoff_max_s: float = 20.0, seed: int | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key = api_key
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.usage = Usage()
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._http: httpx.AsyncClient | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, teacher_cfg, base_url: str | None = None, api_key: str | None = None) -> "TeacherClient":
+        from lab_ray.teacher.app import api_key as configured_key
+
+        c = teacher_cfg.client
+        url = base_url or teacher_cfg.base_url or f"http://{teacher_cfg.host}:{teacher_cfg.port}/v1"
+        return cls(url, teacher_cfg.model, api_key or configured_key(teacher_cfg), max_concurrency=c.max_concurrency,
+                   timeout_s=c.timeout_s, max_retries=c.max_retries, backoff_base_s=c.backoff_base_s,
+                   backoff_max_s=c.backoff_max_s)
+
+    # -- async API ------------------------------------------------------------
+    async def chat(self, messages: list[dict], **params) -> TeacherReply:
+        return await self._request("/chat/completions", {"messages": messages, **params}, chat=True)
+
+    async def complete(self, prompt: str | list[str], **params) -> TeacherReply:
+        return await self._request("/completions", {"prompt": prompt, **params}, chat=False)
+
+    async def choose(self, messages: list[dict], choices: list[str], **params) -> TeacherReply:
+        """Constrained choice (vLLM's guided_choice); the reply's text is one of `choices`."""
+        reply = await self.chat(messages, guided_choice=list(choices), max_tokens=params.pop("max_tokens", 16),
+                                temperature=params.pop("temperature", 0.0), **params)
+        if reply.ok and reply.text not in choices:
+            # A server that ignores guided_choice: salvage a verbatim answer, else count as garbage.
+            found = [c for c in choices if c.lower() in reply.text.lower()]
+            if len(found) == 1:
+                reply.texts = [found[0]]
+            else:
+                reply.ok, reply.error, reply.detail = False, "unparsable", reply.text[:200]
+        return reply
+
+    async def many(self, calls: list[tuple[str, dict]]) -> list[TeacherReply]:
+        """calls: ("chat", kwargs) | ("complete", kwargs) | ("choose", kwargs); order kept."""
+        async def one(kind: str, kw: dict) -> TeacherReply:
+            try:
+                return await getattr(self, kind)(**kw)
+            except Exception as e:  # never let one row end a batch
+                self._count(Usage(failures=1))
+                return TeacherReply(False, error="client_error", detail=f"{type(e).__name__}: {e}"[:300])
+        return list(await asyncio.gather(*(one(k, kw) for k, kw in calls)))
+
+    # -- sync API (for Ray Data actors and scripts) ----------------------------
+    def run_many(self, calls: list[tuple[str, dict]]) -> list[TeacherReply]:
+        loop = self._ensure_loop()
+        return asyncio.run_coroutine_threadsafe(self.many(calls), loop).result()
+
+    def close(self) -> None:
+        if self._loop is not None:
+            if self._http is not None:
+                asyncio.run_coroutine_threadsafe(self._http.aclose(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            self._loop = None
+            self._http = None
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, name="teacher-client", daemon=True)
+            self._thread.start()
+        return self._loop
+
+    # -- internals ------------------------------------------------------------
+    def _count(self, delta: Usage) -> None:
+        with self._lock:
+            self.usage.add(delta)
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+            self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, limits=limits,
+                                           timeout=httpx.Timeout(self.timeout_s))
+            self._sem = asyncio.Semaphore(self.max_concurrency)
+        return self._http
+
+    def _backoff(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after:
+            try:
+                return min(float(retry_after), self.backoff_max_s)
+            except ValueError:
+                pass
+        return self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt))
+
+    async def _request(self, path: str, body: dict, chat: bool) -> TeacherReply:
+        http = self._client()
+        body = {"model": self.model, **body}
+        error, detail = "unknown", ""
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                async with self._sem:  # type: ignore[union-attr]
+                    resp = await http.post(path, json=body)
+                if resp.status_code == 200:
+                    try:
+                        return self._parse(resp.json(), chat, attempt + 1)
+                    except (ValueError, KeyError, TypeError, IndexError) as e:
+                        error, detail = "garbage", f"{type(e).__name__}: {resp.text[:200]}"
+                else:
+                    error, detail = f"http_{resp.status_code}", resp.text[:300]
+                    if resp.status_code not in RETRY_STATUS:
+                        self._count(Usage(requests=1, failures=1, retries=attempt))
+                        return TeacherReply(False, error=error, detail=detail, attempts=attempt + 1)
+                    retry_after = resp.headers.get("retry-after")
+            except httpx.TimeoutException as e:
+                error, detail = "timeout", str(e)[:200]
+            except httpx.TransportError as e:
+                error, detail = "connection", f"{type(e).__name__}: {e}"[:200]
+            if attempt < self.max_retries:
+                await asyncio.sleep(self._backoff(attempt, retry_after))
+        self._count(Usage(requests=1, failures=1, retries=self.max_retries))
+        return TeacherReply(False, error=error, detail=detail, attempts=self.max_retries + 1)
+
+    def _parse(self, data: dict, chat: bool, attempts: int) -> TeacherReply:
+        choices = data["choices"]
+        texts = [c["message"]["content"] or "" if chat else c["text"] for c in choices]
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("non-text choice")
+        usage = data.get("usage") or {}
+        reply = TeacherReply(True, texts, prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                             completion_tokens=int(usage.get("completion_tokens", 0)), attempts=attempts,
+                             choice_logprobs=choices[0].get("choice_logprobs"),
+                             logprobs=[c.get("logprobs") for c in choices])
+        self._count(Usage(reply.prompt_tokens, reply.completion_tokens, 1, attempts - 1, 0))
+        return reply

@@ -1,0 +1,40 @@
+"""`lab-ray teacher serve [overrides]`: deploy the teacher and keep it running."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from lab_ray.cli import split_args
+from lab_ray.config import load_config
+from lab_ray.errors import ConfigError
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("teacher", help="the teacher model (generator and judge)")
+    tsub = p.add_subparsers(dest="teacher_command", metavar="ACTION")
+    tsub.required = True
+    serve = tsub.add_parser("serve", parents=[common], help="deploy the teacher as an OpenAI-compatible Serve app")
+    serve.add_argument("overrides", nargs="*", metavar="key=value")
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    positional, overrides = split_args(ns.overrides)
+    if positional:
+        raise ConfigError(f"teacher serve takes key=value overrides only, not {positional[0]!r}")
+    cfg = load_config(overrides, ns.config)
+    from lab_ray.teacher.app import deploy, shutdown
+
+    if cfg.teacher.backend == "openai":
+        raise ConfigError("teacher.backend=openai is an external server: there is nothing to serve")
+    endpoint = deploy(cfg.teacher, cfg.ray)
+    auth = " (API key required)" if endpoint.api_key else ""
+    print(f"teacher {endpoint.model} serving at {endpoint.base_url}{auth}; Ctrl-C stops it", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping the teacher", flush=True)
+        shutdown()
+    return 0

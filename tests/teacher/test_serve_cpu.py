@@ -1,0 +1,151 @@
+"""The real CPU teacher deployment: OpenAI API, batching, constrained choice, errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+
+from conftest import API_KEY
+
+MODEL = "SmolLM2-135M-Instruct"
+pytestmark = pytest.mark.slow
+
+
+def _post(endpoint, path, body, key=API_KEY, raw=None):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = endpoint.base_url + path
+    if raw is not None:
+        return httpx.post(url, content=raw, headers={**headers, "content-type": "application/json"}, timeout=120)
+    return httpx.post(url, json=body, headers=headers, timeout=120)
+
+
+def _assert_alive(endpoint):
+    r = _post(endpoint, "/chat/completions", {"model": MODEL, "max_tokens": 2,
+                                              "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+
+
+def test_chat_answers_with_correct_usage(teacher):
+    endpoint, _ = teacher
+    from transformers import AutoTokenizer
+
+    from lab_ray.embedded_model import embedded_model_dir
+
+    messages = [{"role": "user", "content": "Name three colours."}]
+    r = _post(endpoint, "/chat/completions", {"model": MODEL, "messages": messages, "max_tokens": 8,
+                                              "temperature": 0})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    text = data["choices"][0]["message"]["content"]
+    assert text.strip()
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    prompt_ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    prompt_ids = prompt_ids["input_ids"] if hasattr(prompt_ids, "keys") else prompt_ids
+    assert data["usage"]["prompt_tokens"] == len(prompt_ids)
+    finish = data["choices"][0]["finish_reason"]
+    if finish == "length":
+        assert data["usage"]["completion_tokens"] == 8
+    else:
+        assert 0 < data["usage"]["completion_tokens"] < 8
+    assert data["usage"]["total_tokens"] == data["usage"]["prompt_tokens"] + data["usage"]["completion_tokens"]
+
+
+def test_official_openai_client_chat_and_completions(teacher):
+    endpoint, _ = teacher
+    client = openai.OpenAI(base_url=endpoint.base_url, api_key=API_KEY, max_retries=0)
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello."}],
+                                          max_tokens=6, n=2, temperature=0.8, seed=7)
+    assert len(chat.choices) == 2 and all(c.message.content for c in chat.choices)
+    comp = client.completions.create(model=MODEL, prompt=["One, two, three,", "The sky is"], max_tokens=5, n=2,
+                                     temperature=0.8)
+    assert len(comp.choices) == 4 and sorted(c.index for c in comp.choices) == [0, 1, 2, 3]
+    assert all(isinstance(c.text, str) for c in comp.choices)
+    assert comp.usage.completion_tokens > 0 and comp.usage.prompt_tokens > 0
+
+
+def test_concurrent_requests_are_batched(teacher):
+    endpoint, _ = teacher
+    before = httpx.get(endpoint.base_url + "/stats").json()["batches"]
+
+    async def fire():
+        async with httpx.AsyncClient(timeout=300, headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+            reqs = [c.post(endpoint.base_url + "/chat/completions",
+                           json={"model": MODEL, "max_tokens": 4, "temperature": 0,
+                                 "messages": [{"role": "user", "content": f"Count to {i}."}]}) for i in range(16)]
+            return await asyncio.gather(*reqs)
+
+    responses = asyncio.run(fire())
+    assert all(r.status_code == 200 for r in responses)
+    stats = httpx.get(endpoint.base_url + "/stats").json()
+    new = stats["batch_sizes"][before:]
+    assert sum(new) == 16 and max(new) > 1, new
+
+
+def test_constrained_choice_is_one_of_the_strings_and_matches_the_model(teacher):
+    endpoint, _ = teacher
+    from lab_ray.embedded_model import embedded_model_dir
+    from lab_ray.teacher.engine import Engine
+
+    engine = Engine(str(embedded_model_dir()))
+    choices = ["yes", "no", "maybe"]
+    for question in ["Is water wet?", "Is fire cold?", "Do birds fly?", "Is 2 larger than 3?"]:
+        messages = [{"role": "user", "content": question}]
+        r = _post(endpoint, "/chat/completions", {"model": MODEL, "messages": messages, "guided_choice": choices})
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        assert choice["message"]["content"] in choices
+        served = choice["choice_logprobs"]
+        direct = engine.choice_logprobs(engine.chat_prompt(messages), choices)
+        assert sorted(choices, key=served.get) == sorted(choices, key=direct.get)
+        assert choice["message"]["content"] == max(direct, key=direct.get)
+
+
+def test_api_key_is_enforced(teacher):
+    endpoint, _ = teacher
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    assert _post(endpoint, "/chat/completions", body, key=None).status_code == 401
+    r = _post(endpoint, "/chat/completions", body, key="wrong")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    _assert_alive(endpoint)
+
+
+def test_context_overflow_is_400(teacher):
+    endpoint, _ = teacher
+    r = _post(endpoint, "/chat/completions", {"model": MODEL, "max_tokens": 100,
+                                              "messages": [{"role": "user", "content": "word " * 9000}]})
+    assert r.status_code == 400 and "maximum context length" in r.json()["error"]["message"]
+    _assert_alive(endpoint)
+
+
+@pytest.mark.parametrize("body, raw, status", [
+    (None, b"{not json", 400),
+    ({"model": MODEL, "messages": "not a list"}, None, 422),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 0}, None, 422),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, None, 422),
+    ({"model": "gpt-unknown", "messages": [{"role": "user", "content": "x"}]}, None, 404),
+])
+def test_bad_requests_get_openai_errors_and_deployment_survives(teacher, body, raw, status):
+    endpoint, _ = teacher
+    r = _post(endpoint, "/chat/completions", body, raw=raw)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["message"]
+    _assert_alive(endpoint)
+
+
+def test_shared_client_against_the_real_teacher(teacher):
+    endpoint, cfg = teacher
+    from lab_ray.teacher.client import TeacherClient
+
+    client = TeacherClient.from_config(cfg.teacher, base_url=endpoint.base_url)
+    calls = [("chat", {"messages": [{"role": "user", "content": f"Say {i}."}], "max_tokens": 4}) for i in range(5)]
+    calls.append(("choose", {"messages": [{"role": "user", "content": "Is ice cold?"}], "choices": ["yes", "no"]}))
+    replies = client.run_many(calls)
+    client.close()
+    assert all(r.ok for r in replies)
+    assert replies[-1].text in ("yes", "no") and abs(sum(replies[-1].choice_probs().values()) - 1) < 1e-6
+    assert client.usage.requests == 6 and client.usage.failures == 0
+    assert client.usage.completion_tokens == sum(r.completion_tokens for r in replies)
