@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lab_ray.errors import ConfigError
 from lab_ray.pipeline.config import SubmitConfig
+from lab_ray.sdg.config import SDGConfig
 from lab_ray.taxonomy.config import TaxonomyConfig
 from lab_ray.teacher.config import TeacherConfig
 
@@ -55,8 +56,8 @@ class LabRayConfig:
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
     taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    # Sections owned by later stages are free-form until their schema lands.
-    sdg: Dict[str, Any] = field(default_factory=dict)
+    sdg: SDGConfig = field(default_factory=SDGConfig)
+    # Section owned by a later stage, free-form until its schema lands.
     train: Dict[str, Any] = field(default_factory=dict)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
 

@@ -43,9 +43,25 @@ def _client(address: str):
 
     try:
         return JobSubmissionClient(address)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise LabRayError(f"cannot reach the Ray Jobs API at {address}: {str(e).splitlines()[0]} "
-                          "(is the cluster up? is submit.address right?)")
+    except Exception as e:  # noqa: BLE001 - Ray raises several unrelated types here
+        if _is_auth_error(e):
+            raise _auth_error(address)
+        if isinstance(e, (ConnectionError, RuntimeError, ValueError)):
+            raise LabRayError(f"cannot reach the Ray Jobs API at {address}: {str(e).splitlines()[0]} "
+                              "(is the cluster up? is submit.address right?)")
+        raise
+
+
+def _is_auth_error(e: BaseException) -> bool:
+    text = f"{type(e).__name__} {e}"
+    return "Authentication" in text or "Unauthorized" in text or "auth token" in text.lower()
+
+
+def _auth_error(address: str) -> LabRayError:
+    return LabRayError(
+        f"the Ray cluster at {address} requires token authentication and no valid token was found: "
+        "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token, "
+        "or put it in ~/.ray/auth_token (`ray get-auth-token` on the head prints it)")
 
 
 def build_runtime_env(cfg) -> dict:
@@ -78,6 +94,15 @@ def _submit(ns: argparse.Namespace) -> int:
     cfg = load_config(overrides, ns.config)
     address = ns.address or cfg.submit.address
     client = _client(address)
+    try:
+        return _run(ns, cfg, client, address, command)
+    except Exception as e:  # noqa: BLE001
+        if _is_auth_error(e):
+            raise _auth_error(address)
+        raise
+
+
+def _run(ns, cfg, client, address: str, command: list[str]) -> int:
     if ns.status:
         info = client.get_job_info(ns.status)
         print(f"{ns.status}: {info.status} {info.message or ''}".rstrip())

@@ -10,11 +10,21 @@ import sys
 import time
 from pathlib import Path
 
+import secrets
+
 import pytest
 
 from fixture_paths import REPO
 
 BIN = Path(sys.executable).parent
+# Token auth on, with a token of the test's own: the head and every client get it
+# through the environment, so no ~/.ray/auth_token (present or not) decides the result.
+AUTH_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+
+
+def _env() -> dict:
+    return {**os.environ, **AUTH_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _free_port() -> int:
@@ -27,7 +37,7 @@ def _free_port() -> int:
 def ray_head(tmp_path_factory):
     """`ray start --head --block` in its own process group; killed (only it) at the end."""
     gcs, dash = _free_port(), _free_port()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = _env()
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true"],
@@ -55,7 +65,7 @@ def ray_head(tmp_path_factory):
 def _submit(address: str, *command: str, timeout: int = 300):
     return subprocess.run(
         [str(BIN / "lab-ray"), "submit", "--address", address, f"submit.working_dir={REPO}", "--", *command],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        capture_output=True, text=True, timeout=timeout, cwd=REPO, env=_env())
 
 
 def test_submit_streams_logs_and_returns_success(ray_head):
@@ -71,11 +81,20 @@ def test_submit_returns_the_jobs_exit_status(ray_head, tmp_path):
     assert "does not exist" in proc.stdout
     job_id = proc.stderr.split("submitted ", 1)[1].split()[0]
     status = subprocess.run([str(BIN / "lab-ray"), "submit", "--address", ray_head, "--status", job_id],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, env=_env())
     assert status.returncode == 0 and "FAILED" in status.stdout
     logs = subprocess.run([str(BIN / "lab-ray"), "submit", "--address", ray_head, "--logs", job_id],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=_env())
     assert "does not exist" in logs.stdout
+
+
+def test_submit_without_the_token_is_a_clear_error(ray_head, tmp_path):
+    env = {k: v for k, v in _env().items() if k not in AUTH_ENV}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    proc = subprocess.run([str(BIN / "lab-ray"), "submit", "--address", ray_head, "--", "config", "show"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "RAY_AUTH_TOKEN" in proc.stderr and "internal error" not in proc.stderr
 
 
 def test_submit_to_nothing_is_a_clear_error():

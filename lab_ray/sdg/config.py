@@ -1,0 +1,74 @@
+"""Configuration of synthetic data generation (section `sdg`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+
+@dataclass
+class JudgeConfig:
+    # Keep an instruction when P(yes) from the instruction judge is at least this.
+    instruction_min_prob: float = 0.5
+    # Keep a pair whose 3-point score (1 poor, 2 fair, 3 good) is at least this.
+    pair_min_score: int = 2
+    # Knowledge: minimum P(yes) for faithfulness, relevance and question quality.
+    faithfulness_min_prob: float = 0.5
+    relevance_min_prob: float = 0.5
+    question_min_prob: float = 0.5
+
+
+@dataclass
+class KnowledgeConfig:
+    # Chunking with the teacher's tokenizer (tokens); chunks stay well inside
+    # the teacher's context so the prompt and answer fit beside them.
+    chunk_tokens: int = 320
+    chunk_overlap: int = 48
+    max_tokens: int = 160
+
+
+@dataclass
+class DedupConfig:
+    enabled: bool = True
+    # Near-duplicates: MinHash (datasketch) Jaccard over word 3-shingles.
+    near_threshold: float = 0.85
+    num_perm: int = 64
+
+
+@dataclass
+class SDGConfig:
+    # Per-leaf quota: generation requests (candidate samples) per leaf. 0 means
+    # scale_factor x the leaf's seed examples. Honoured exactly, never capped;
+    # accepted samples are what survives the judges and dedup.
+    samples_per_leaf: int = 0
+    scale_factor: int = 4
+    seed: int = 42
+    # In-context examples per request, rotated through the leaf's examples.
+    examples_per_prompt: int = 3
+    temperature: float = 0.8
+    instruction_max_tokens: int = 64
+    context_max_tokens: int = 120
+    response_max_tokens: int = 160
+    # Responses longer than this (teacher tokens, estimated by words) are "long".
+    long_response_words: int = 60
+    prompts_dir: Optional[str] = None  # default: conf/prompts
+    # Persona by taxonomy path prefix (longest match wins); else `default`.
+    personas: Dict[str, str] = field(default_factory=lambda: {
+        "compositional_skills/writing": "creative",
+        "compositional_skills/roleplay": "creative",
+        "compositional_skills/extraction": "precise",
+        "compositional_skills/coding": "precise",
+        "compositional_skills/stem": "precise",
+        "foundational_skills/reasoning": "precise",
+        "knowledge": "precise",
+    })
+    # Ray Data: rows per batch sent to a stage actor, actors per stage.
+    batch_size: int = 16
+    actors_per_stage: int = 1
+    # Generate only for leaves changed against taxonomy.base ("empty" = all).
+    only_changed: bool = False
+    leaves: List[str] = field(default_factory=list)  # explicit leaf paths (optional)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    progress: bool = True  # live Ray Data progress bars (off when CI is set)

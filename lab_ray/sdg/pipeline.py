@@ -1,0 +1,244 @@
+"""`lab-ray generate`: the SDG pipeline on Ray Data, resumable, streaming.
+
+leaves -> (leaf, request range) descriptors -> flat_map into tasks -> skip
+tasks already in complete shards -> one map_batches actor pool per stage
+(skills: context, instruction, judge, response, judge; knowledge: Q/A and
+three judges) -> atomic Parquet shards. Then a finalize pass: per-leaf dedup
+(groupby + map_groups), messages JSONL per training phase, recipe and stats.
+Everything flows through Ray Data; the driver only holds small summaries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+
+from lab_ray.config import run_dir
+from lab_ray.errors import LabRayError
+from lab_ray.sdg import stages as S
+from lab_ray.sdg.dedup import dedup_leaf
+from lab_ray.sdg.prompts import load_personas, load_prompt
+from lab_ray.sdg.tasks import leaf_tasks, quota
+from lab_ray.sdg.writer import JsonlWriter, ShardWriter, done_ids, shard_files
+
+RANGE = 256  # tasks per descriptor: the unit of fan-out
+
+
+@dataclass
+class GenerateResult:
+    run_dir: Path
+    tasks: int
+    resumed: int
+    stats: dict = field(default_factory=dict)
+
+
+def _select_leaves(cfg):
+    from lab_ray.taxonomy.diff import changed_leaves
+    from lab_ray.taxonomy.loader import load_taxonomy
+
+    only = None
+    if cfg.sdg.leaves:
+        only = set(cfg.sdg.leaves)
+    elif cfg.sdg.only_changed and cfg.taxonomy.base != "empty":
+        only = {c.leaf for c in changed_leaves(cfg.taxonomy.path, cfg.taxonomy.base) if c.status != "deleted"}
+    tax = load_taxonomy(cfg.taxonomy.path, cfg.taxonomy, only=only)
+    tax.raise_for_errors()
+    if not tax.leaves:
+        raise LabRayError("no leaves to generate from (check taxonomy.path, sdg.leaves or taxonomy.base)")
+    return tax
+
+
+def _tokenizer(cfg):
+    from transformers import AutoTokenizer
+
+    from lab_ray.embedded_model import resolve_model
+
+    path = cfg.teacher.model_path or cfg.teacher.model
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(path))
+    except (OSError, ValueError):
+        # A remote teacher's tokenizer is not local: chunk with the embedded one.
+        return AutoTokenizer.from_pretrained(resolve_model("SmolLM2-135M-Instruct"))
+
+
+def build_plan(cfg) -> tuple[dict, list[dict], int]:
+    """Per-leaf task payloads, descriptors, and the total number of tasks."""
+    tax = _select_leaves(cfg)
+    personas = load_personas(cfg.sdg.prompts_dir)
+    for name in ("skill_context", "skill_instruction", "instruction_judge", "skill_response", "pair_judge",
+                 "knowledge_qa", "knowledge_faithfulness", "knowledge_relevance", "knowledge_question"):
+        load_prompt(name, cfg.sdg.prompts_dir)  # fail early on a broken prompt file
+    tokenizer = _tokenizer(cfg) if any(leaf.is_knowledge for leaf in tax.leaves) else None
+    payloads, descriptors, total = {}, [], 0
+    for leaf in tax.leaves:
+        docs = [d.read_text(cfg.taxonomy.documents.max_document_bytes) for d in tax.documents.get(leaf.path, [])]
+        tasks = list(leaf_tasks(leaf, cfg.sdg, personas, docs, tokenizer))
+        payloads[leaf.path] = tasks
+        n = quota(leaf, cfg.sdg)
+        total += n
+        descriptors += [{"leaf": leaf.path, "start": s, "end": min(s + RANGE, n)} for s in range(0, n, RANGE)]
+    return payloads, descriptors, total
+
+
+class SkipDone:
+    """Drops tasks whose row is already in a complete shard (resume)."""
+
+    def __init__(self, done_ref):
+        import ray
+
+        self.done = ray.get(done_ref[0])
+
+    def __call__(self, batch):
+        return batch[~batch["id"].isin(self.done)]
+
+
+def _teacher_spec(cfg, base_url: str, api_key: str | None) -> dict:
+    c = cfg.teacher.client
+    return {"kind": "http", "base_url": base_url, "model": cfg.teacher.model, "api_key": api_key,
+            "max_concurrency": c.max_concurrency, "timeout_s": c.timeout_s, "max_retries": c.max_retries,
+            "backoff_base_s": c.backoff_base_s, "backoff_max_s": c.backoff_max_s}
+
+
+def run_generation(cfg, teacher_spec: dict) -> GenerateResult:
+    """Generate into run_dir(cfg)/sdg; resumes from complete shards."""
+    import ray
+
+    out = run_dir(cfg) / "sdg"
+    shards = out / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    for tmp in shards.glob("*.tmp"):  # a partial shard from a killed run is never read
+        tmp.unlink()
+    payloads, descriptors, total = build_plan(cfg)
+    (out / "plan.json").write_text(json.dumps({"tasks": total, "leaves": {k: len(v) for k, v in payloads.items()},
+                                               "config": OmegaConf.to_container(cfg.sdg)}, indent=1))
+    done = done_ids(shards)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = bool(cfg.sdg.progress) and not os.environ.get("CI")
+    ctx.execution_options.verbose_progress = False
+    sdg = OmegaConf.to_container(cfg.sdg, resolve=True)
+    todo = total - len(done)
+    if todo > 0:
+        payload_ref = ray.put(payloads)
+
+        def expand(desc: dict) -> list[dict]:
+            tasks = ray.get(payload_ref)[desc["leaf"]]
+            return tasks[desc["start"]:desc["end"]]
+
+        ds = ray.data.from_items(descriptors, override_num_blocks=max(1, min(len(descriptors), 64)))
+        ds = ds.flat_map(expand, num_cpus=0.1)
+        if done:
+            done_ref = [ray.put(done)]
+            ds = ds.map_batches(SkipDone, fn_constructor_args=(done_ref,), batch_format="pandas",
+                                compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05)
+        pool = ray.data.ActorPoolStrategy(size=max(1, int(cfg.sdg.actors_per_stage)))
+        for stage_cls in S.SKILL_PIPELINE + S.KNOWLEDGE_PIPELINE:
+            ds = ds.map_batches(stage_cls, fn_constructor_args=(teacher_spec, sdg), batch_size=cfg.sdg.batch_size,
+                                batch_format="pandas", compute=pool, num_cpus=0.05, max_concurrency=2)
+        ds = ds.map_batches(ShardWriter, fn_constructor_args=(str(shards),), batch_format="pandas",
+                            batch_size=max(cfg.sdg.batch_size, 64), compute=ray.data.ActorPoolStrategy(size=1),
+                            num_cpus=0.05)
+        for _ in ds.iter_batches(batch_size=None):
+            pass
+    stats = finalize(cfg, out)
+    return GenerateResult(run_dir(cfg), total, len(done), stats)
+
+
+def finalize(cfg, out: Path) -> dict:
+    """Dedup per leaf, write samples/ + messages JSONL + recipe + stats (idempotent)."""
+    import ray
+    from ray.data.aggregate import Count, Sum
+
+    files = shard_files(out / "shards")
+    if not files:
+        raise LabRayError(f"no generated shards under {out / 'shards'}")
+    ds = ray.data.read_parquet(files)
+    if cfg.sdg.dedup.enabled:
+        ds = ds.groupby("leaf").map_groups(dedup_leaf, fn_args=(cfg.sdg.dedup.near_threshold, cfg.sdg.dedup.num_perm),
+                                           batch_format="pandas", num_cpus=0.1)
+    final_tmp, final = out / "final.tmp", out / "final"
+    shutil.rmtree(final_tmp, ignore_errors=True)
+    ds.write_parquet(str(final_tmp))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(final_tmp, final)
+    all_rows = ray.data.read_parquet(str(final))
+    # accepted samples, sharded Parquet
+    samples_tmp, samples = run_dir(cfg) / "samples.tmp", run_dir(cfg) / "samples"
+    shutil.rmtree(samples_tmp, ignore_errors=True)
+    kept = all_rows.filter(lambda r: r["status"] == "ok")
+    kept.write_parquet(str(samples_tmp))
+    shutil.rmtree(samples, ignore_errors=True)
+    os.replace(samples_tmp, samples)
+    # training files
+    data_tmp, data = run_dir(cfg) / "data.tmp", run_dir(cfg) / "data"
+    shutil.rmtree(data_tmp, ignore_errors=True)
+    phase_counts = ray.data.read_parquet(str(samples)).map_batches(
+        JsonlWriter, fn_constructor_args=(str(data_tmp), cfg.sdg.long_response_words), batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05).take_all()
+    for phase in ("knowledge_train", "skills_train"):
+        (data_tmp / phase).mkdir(parents=True, exist_ok=True)
+    # stats: small aggregates only
+    groups = all_rows.groupby(["leaf", "kind", "status", "drop_stage", "drop_reason"]).aggregate(
+        Count(), Sum("prompt_tokens"), Sum("completion_tokens")).take_all()
+    stats = funnel(groups)
+    recipe = {"taxonomy": str(cfg.taxonomy.path), "teacher": cfg.teacher.model, "phases": {}}
+    for phase, leaves_branch in (("knowledge_train", "knowledge + foundational_skills"),
+                                 ("skills_train", "compositional_skills")):
+        rows = [c for c in phase_counts if c["phase"] == phase]
+        n, short = sum(c["rows"] for c in rows), sum(c["short"] for c in rows)
+        recipe["phases"][phase] = {"path": f"data/{phase}", "branches": leaves_branch, "samples": n,
+                                   "short": short, "long": n - short}
+    recipe["leaves"] = {leaf: s["kept"] for leaf, s in stats["leaves"].items()}
+    (data_tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    (data_tmp / "stats.json").write_text(json.dumps(stats, indent=1))
+    shutil.rmtree(data, ignore_errors=True)
+    os.replace(data_tmp, data)
+    return stats
+
+
+def stage_order(kind: str) -> list[str]:
+    if kind == "knowledge":
+        return S.KNOWLEDGE_STAGES + ["dedup"]
+    if kind == "grounded":
+        return S.SKILL_STAGES + ["dedup"]
+    return S.SKILL_STAGES[1:] + ["dedup"]
+
+
+def funnel(groups: list[dict]) -> dict:
+    """Per leaf and stage: rows in, kept, dropped by reason; tokens per leaf."""
+    leaves: dict[str, dict] = {}
+    for g in groups:
+        leaf = leaves.setdefault(g["leaf"], {"kind": g["kind"], "rows": 0, "kept": 0, "dropped": {},
+                                             "prompt_tokens": 0, "completion_tokens": 0, "_by_stage": {}})
+        n = int(g["count()"])
+        leaf["rows"] += n
+        leaf["prompt_tokens"] += int(g["sum(prompt_tokens)"] or 0)
+        leaf["completion_tokens"] += int(g["sum(completion_tokens)"] or 0)
+        if g["status"] == "ok":
+            leaf["kept"] += n
+        else:
+            leaf["dropped"][g["drop_reason"]] = leaf["dropped"].get(g["drop_reason"], 0) + n
+            by = leaf["_by_stage"].setdefault(g["drop_stage"], {})
+            by[g["drop_reason"]] = by.get(g["drop_reason"], 0) + n
+    for leaf in leaves.values():
+        remaining, stages = leaf["rows"], []
+        for stage in stage_order(leaf["kind"]):
+            dropped = leaf["_by_stage"].get(stage, {})
+            d = sum(dropped.values())
+            stages.append({"stage": stage, "in": remaining, "kept": remaining - d, "dropped": dropped})
+            remaining -= d
+        leaf["stages"] = stages
+        del leaf["_by_stage"]
+    total = {k: sum(v[k] for v in leaves.values()) for k in ("rows", "kept", "prompt_tokens", "completion_tokens")}
+    reasons: dict[str, int] = {}
+    for v in leaves.values():
+        for r, n in v["dropped"].items():
+            reasons[r] = reasons.get(r, 0) + n
+    total["dropped"] = reasons
+    return {"leaves": dict(sorted(leaves.items())), "total": total, "written_at": time.time()}

@@ -1,0 +1,227 @@
+"""The SDG stages as Ray Data map_batches callables (one actor pool each).
+
+Every stage receives a pandas batch, sends one teacher request per live row
+concurrently through the shared TeacherClient, and writes its result columns.
+Rows are never removed mid-pipeline: a row that fails gets status="dropped"
+with the stage and the reason (judged_out, unparsable, teacher_error), so the
+stats can show in = kept + dropped for every stage, and later stages skip it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+
+import pandas as pd
+
+from lab_ray.sdg.parsing import clean_single, parse_tagged
+from lab_ray.sdg.prompts import load_prompt
+
+SKILL_STAGES = ["gen_context", "gen_instruction", "judge_instruction", "gen_response", "judge_pair"]
+KNOWLEDGE_STAGES = ["gen_qa", "judge_faithfulness", "judge_relevance", "judge_question"]
+ALL_STAGES = SKILL_STAGES + KNOWLEDGE_STAGES + ["dedup"]
+
+
+def make_teacher(spec: dict):
+    """spec: {"kind": "http", ...client kwargs} or {"kind": "python", "factory": "mod:fn", "args": {...}}."""
+    if spec.get("kind") == "python":  # test/benchmark teachers only; never the default path
+        module, fn = spec["factory"].split(":")
+        return getattr(importlib.import_module(module), fn)(**spec.get("args", {}))
+    from lab_ray.teacher.client import TeacherClient
+
+    kw = {k: v for k, v in spec.items() if k != "kind"}
+    return TeacherClient(**kw)
+
+
+def empty_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """The columns every stage may write, so all batches share one schema."""
+    defaults = {"status": "ok", "drop_stage": "", "drop_reason": "", "drop_detail": "", "question": "",
+                "answer": "", "instruction_score": math.nan, "pair_score": math.nan,
+                "faithfulness_score": math.nan, "relevance_score": math.nan, "question_score": math.nan,
+                "prompt_tokens": 0, "completion_tokens": 0}
+    for col, value in defaults.items():
+        if col not in df.columns:
+            df[col] = value
+    return df
+
+
+class TeacherStage:
+    stage = ""
+    prompt_name = ""
+
+    def __init__(self, teacher_spec: dict, sdg: dict):
+        self.teacher = make_teacher(teacher_spec)
+        self.sdg = sdg
+        self.prompt = load_prompt(self.prompt_name, sdg.get("prompts_dir"))
+
+    knowledge = False  # which branch the stage serves: knowledge rows or skill rows
+
+    def applies(self, row: dict) -> bool:
+        return (row["kind"] == "knowledge") == self.knowledge
+
+    def request(self, row: dict) -> tuple[str, dict]:
+        raise NotImplementedError
+
+    def apply(self, row: dict, reply) -> None:
+        raise NotImplementedError
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        batch = empty_columns(batch)
+        rows = batch.to_dict("records")
+        live = [r for r in rows if r["status"] == "ok" and self.applies(r)]
+        replies = self.teacher.run_many([self.request(r) for r in live]) if live else []
+        for row, reply in zip(live, replies):
+            row["prompt_tokens"] += reply.prompt_tokens
+            row["completion_tokens"] += reply.completion_tokens
+            if not reply.ok:
+                reason = "unparsable" if reply.error == "unparsable" else "teacher_error"
+                self.drop(row, reason, f"{reply.error}: {reply.detail or ''}"[:300])
+                continue
+            try:
+                self.apply(row, reply)
+            except (ValueError, KeyError, TypeError) as e:
+                self.drop(row, "unparsable", f"{type(e).__name__}: {e}"[:300])
+        return pd.DataFrame(rows, columns=batch.columns)
+
+    def drop(self, row: dict, reason: str, detail: str = "") -> None:
+        row.update(status="dropped", drop_stage=self.stage, drop_reason=reason, drop_detail=detail[:300])
+
+    def messages(self, row: dict, with_examples: bool = True) -> list[dict]:
+        examples = json.loads(row["examples"]) if with_examples else []
+        return self.prompt.render(row, examples)
+
+    def generate(self, row: dict, max_tokens: int) -> tuple[str, dict]:
+        return "chat", {"messages": self.messages(row), "max_tokens": max_tokens,
+                        "temperature": self.sdg["temperature"], "seed": int(row["id"][:8], 16),
+                        **({"stop": list(self.prompt.stop)} if self.prompt.stop else {})}
+
+    def choose(self, row: dict) -> tuple[str, dict]:
+        return "choose", {"messages": self.messages(row, with_examples=False), "choices": list(self.prompt.choices)}
+
+    def yes_probability(self, reply) -> float:
+        probs = reply.choice_probs()
+        if probs is None:  # an endpoint without choice scores: its verbatim answer counts fully
+            return 1.0 if reply.text == self.prompt.positive else 0.0
+        return float(probs.get(self.prompt.positive, 0.0))
+
+
+# -- skills -------------------------------------------------------------------
+class GenerateContext(TeacherStage):
+    stage, prompt_name = "gen_context", "skill_context"
+
+    def applies(self, row):
+        return row["kind"] == "grounded"
+
+    def request(self, row):
+        return self.generate(row, self.sdg["context_max_tokens"])
+
+    def apply(self, row, reply):
+        text = clean_single(reply.text)
+        if text is None:
+            return self.drop(row, "unparsable", reply.text[:200])
+        row["context"] = text
+
+
+class GenerateInstruction(TeacherStage):
+    stage, prompt_name = "gen_instruction", "skill_instruction"
+
+    def request(self, row):
+        return self.generate(row, self.sdg["instruction_max_tokens"])
+
+    def apply(self, row, reply):
+        text = clean_single(reply.text, max_chars=600)
+        examples = {e["question"].strip().casefold() for e in json.loads(row["examples"])}
+        if text is None:
+            return self.drop(row, "unparsable", reply.text[:200])
+        if text.casefold() in examples:  # a copy of a seed is not new data
+            return self.drop(row, "duplicate", "copy of an in-context example")
+        row["question"] = text
+
+
+class JudgeInstruction(TeacherStage):
+    stage, prompt_name = "judge_instruction", "instruction_judge"
+
+    def request(self, row):
+        return self.choose(row)
+
+    def apply(self, row, reply):
+        row["instruction_score"] = p = self.yes_probability(reply)
+        if p < self.sdg["judge"]["instruction_min_prob"]:
+            self.drop(row, "judged_out", f"P(yes)={p:.2f}")
+
+
+class GenerateResponse(TeacherStage):
+    stage, prompt_name = "gen_response", "skill_response"
+
+    def request(self, row):
+        return self.generate(row, self.sdg["response_max_tokens"])
+
+    def apply(self, row, reply):
+        text = (reply.text or "").strip()
+        if len(text) < 2:
+            return self.drop(row, "unparsable", "empty response")
+        row["answer"] = text
+
+
+class JudgePair(TeacherStage):
+    stage, prompt_name = "judge_pair", "pair_judge"
+
+    def request(self, row):
+        return self.choose(row)
+
+    def apply(self, row, reply):
+        probs = reply.choice_probs() or {reply.text: 1.0}
+        scores = self.prompt.scores
+        best = max(probs, key=probs.get)
+        row["pair_score"] = float(scores.get(best, 0))
+        if row["pair_score"] < self.sdg["judge"]["pair_min_score"]:
+            self.drop(row, "judged_out", f"grade={best} ({probs.get(best, 0):.2f})")
+
+
+# -- knowledge ----------------------------------------------------------------
+class GenerateKnowledgeQA(TeacherStage):
+    stage, prompt_name = "gen_qa", "knowledge_qa"
+    knowledge = True
+
+    def request(self, row):
+        return self.generate(row, self.sdg["knowledge"]["max_tokens"])
+
+    def apply(self, row, reply):
+        items = parse_tagged(reply.text, self.prompt.output_tags)
+        if not items:
+            return self.drop(row, "unparsable", reply.text[:200])
+        row["question"], row["answer"] = items[0]["question"], items[0]["answer"]
+
+
+class _KnowledgeJudge(TeacherStage):
+    knowledge = True
+    score_column = ""
+    threshold_key = ""
+
+    def request(self, row):
+        return self.choose(row)
+
+    def apply(self, row, reply):
+        row[self.score_column] = p = self.yes_probability(reply)
+        if p < self.sdg["judge"][self.threshold_key]:
+            self.drop(row, "judged_out", f"P(yes)={p:.2f}")
+
+
+class JudgeFaithfulness(_KnowledgeJudge):
+    stage, prompt_name = "judge_faithfulness", "knowledge_faithfulness"
+    score_column, threshold_key = "faithfulness_score", "faithfulness_min_prob"
+
+
+class JudgeRelevance(_KnowledgeJudge):
+    stage, prompt_name = "judge_relevance", "knowledge_relevance"
+    score_column, threshold_key = "relevance_score", "relevance_min_prob"
+
+
+class JudgeQuestion(_KnowledgeJudge):
+    stage, prompt_name = "judge_question", "knowledge_question"
+    score_column, threshold_key = "question_score", "question_min_prob"
+
+
+SKILL_PIPELINE = [GenerateContext, GenerateInstruction, JudgeInstruction, GenerateResponse, JudgePair]
+KNOWLEDGE_PIPELINE = [GenerateKnowledgeQA, JudgeFaithfulness, JudgeRelevance, JudgeQuestion]
