@@ -87,6 +87,7 @@ class TeacherClient:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._http: httpx.AsyncClient | None = None
+        self._http_loop: asyncio.AbstractEventLoop | None = None
         self._sem: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -118,7 +119,9 @@ class TeacherClient:
             if len(found) == 1:
                 reply.texts = [found[0]]
             else:
+                # The tokens were spent (already counted); the row is a failure all the same.
                 reply.ok, reply.error, reply.detail = False, "unparsable", reply.text[:200]
+                self._count(Usage(failures=1))
         return reply
 
     async def many(self, calls: list[tuple[str, dict]]) -> list[TeacherReply]:
@@ -127,7 +130,7 @@ class TeacherClient:
             try:
                 return await getattr(self, kind)(**kw)
             except Exception as e:  # never let one row end a batch
-                self._count(Usage(failures=1))
+                self._count(Usage(requests=1, failures=1))
                 return TeacherReply(False, error="client_error", detail=f"{type(e).__name__}: {e}"[:300])
         return list(await asyncio.gather(*(one(k, kw) for k, kw in calls)))
 
@@ -137,13 +140,22 @@ class TeacherClient:
         return asyncio.run_coroutine_threadsafe(self.many(calls), loop).result()
 
     def close(self) -> None:
+        """Close pooled connections and the private loop (sync users of run_many)."""
         if self._loop is not None:
-            if self._http is not None:
+            if self._http is not None and self._http_loop is self._loop:
                 asyncio.run_coroutine_threadsafe(self._http.aclose(), self._loop).result()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
             self._loop = None
-            self._http = None
+        self._http = None
+        self._http_loop = None
+
+    async def aclose(self) -> None:
+        """Close pooled connections (async users, on the loop that used the client)."""
+        if self._http is not None and self._http_loop is asyncio.get_running_loop():
+            await self._http.aclose()
+        self._http = None
+        self._http_loop = None
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -158,7 +170,13 @@ class TeacherClient:
             self.usage.add(delta)
 
     def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._http is not None and self._http_loop is not loop:
+            # Pooled connections and the semaphore belong to one event loop: a caller
+            # on a new loop (a second asyncio.run) gets fresh ones instead of errors.
+            self._http = None
         if self._http is None:
+            self._http_loop = loop
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
             self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, limits=limits,
@@ -196,7 +214,7 @@ class TeacherClient:
                     retry_after = resp.headers.get("retry-after")
             except httpx.TimeoutException as e:
                 error, detail = "timeout", str(e)[:200]
-            except httpx.TransportError as e:
+            except httpx.RequestError as e:  # connection refused/reset/dropped, protocol, decoding
                 error, detail = "connection", f"{type(e).__name__}: {e}"[:200]
             if attempt < self.max_retries:
                 await asyncio.sleep(self._backoff(attempt, retry_after))
