@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lab_ray.errors import ConfigError
+from lab_ray.eval.config import EvalConfig
 from lab_ray.pipeline.config import SubmitConfig
 from lab_ray.sdg.config import SDGConfig
 from lab_ray.taxonomy.config import TaxonomyConfig
@@ -60,6 +61,7 @@ class LabRayConfig:
     # Section owned by a later stage, free-form until its schema lands.
     train: Dict[str, Any] = field(default_factory=dict)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def conf_dir() -> Path:

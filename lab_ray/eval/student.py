@@ -9,8 +9,15 @@ teacher then judges.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from lab_ray.errors import LabRayError
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
 
 
 @dataclass
@@ -20,16 +27,27 @@ class StudentModel:
     name: str
 
     @classmethod
-    def load(cls, path: str) -> "StudentModel":
+    def load(cls, path: str, tokenizer_from: str = "SmolLM2-135M-Instruct") -> StudentModel:
+        """A HF model directory (checkpoint) or the embedded model's name.
+
+        A checkpoint saved without tokenizer files borrows `tokenizer_from`'s."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from lab_ray.embedded_model import resolve_model
 
-        local = resolve_model(path)
-        tokenizer = AutoTokenizer.from_pretrained(local)
+        local = Path(resolve_model(path))
+        if not local.is_dir():
+            raise LabRayError(f"model {path!r} is neither a model directory nor SmolLM2-135M-Instruct")
+        if not (local / "config.json").exists():
+            raise LabRayError(f"{local} is not a Hugging Face model directory (no config.json)")
+        tok_dir = local if _has_tokenizer(local) else Path(resolve_model(tokenizer_from))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+            model = AutoModelForCausalLM.from_pretrained(str(local), dtype=torch.float32)
+        except (OSError, ValueError) as e:
+            raise LabRayError(f"cannot load the model at {local}: {str(e).splitlines()[0][:300]}")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(local, dtype=torch.float32)
         model.eval()
         return cls(model, tokenizer, path)
 
@@ -39,8 +57,8 @@ class StudentModel:
         return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
 
     @torch.no_grad()
-    def choice_logprobs(self, question: str, choices: list[str], system: str | None = None) -> list[float]:
-        """Sum of token log-probs of each choice as the assistant's reply, one forward pass."""
+    def choice_scores(self, question: str, choices: list[str], system: str | None = None) -> list[tuple[float, int]]:
+        """(sum of token log-probs, token count) of each choice as the assistant's reply; one forward pass."""
         prompt = self._prompt_ids(question, system)
         rows = [prompt + self.tokenizer.encode(c, add_special_tokens=False) for c in choices]
         width = max(len(r) for r in rows)
@@ -53,17 +71,37 @@ class StudentModel:
         for i, row in enumerate(rows):
             targets = torch.tensor(row[len(prompt):])
             positions = torch.arange(len(prompt) - 1, len(row) - 1)
-            scores.append(float(logp[i, positions, targets].sum()))
+            scores.append((float(logp[i, positions, targets].sum()), len(targets)))
         return scores
 
+    def choice_logprobs(self, question: str, choices: list[str], system: str | None = None) -> list[float]:
+        return [s for s, _ in self.choice_scores(question, choices, system)]
+
+    def pick(self, question: str, choices: list[str], normalize: str = "chars") -> tuple[int, list[float]]:
+        """Index of the most likely choice and the (normalised) scores.
+
+        normalize: "chars" (per character, lm-eval's acc_norm), "tokens" or "none"."""
+        raw = self.choice_scores(question, choices)
+        if normalize == "chars":
+            scores = [s / max(1, len(c)) for (s, _), c in zip(raw, choices)]
+        elif normalize == "tokens":
+            scores = [s / max(1, n) for s, n in raw]
+        else:
+            scores = [s for s, _ in raw]
+        return max(range(len(scores)), key=scores.__getitem__), scores
+
     @torch.no_grad()
-    def answer(self, questions: list[str], max_new_tokens: int = 128, system: str | None = None) -> list[str]:
+    def answer(self, questions: list[str], max_new_tokens: int = 128, system: str | None = None,
+               batch_size: int = 8) -> list[str]:
         """Greedy answers (deterministic, so base and trained compare fairly)."""
-        prompts = [self._prompt_ids(q, system) for q in questions]
-        width = max(len(p) for p in prompts)
+        out_texts: list[str] = []
         pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # left padding for generation
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                  do_sample=False, pad_token_id=pad)
-        return [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+        for start in range(0, len(questions), max(1, batch_size)):
+            prompts = [self._prompt_ids(q, system) for q in questions[start:start + batch_size]]
+            width = max(len(p) for p in prompts)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # left padding for generation
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                      do_sample=False, pad_token_id=pad)
+            out_texts += [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+        return out_texts

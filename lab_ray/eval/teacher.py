@@ -1,0 +1,114 @@
+"""The teacher for evaluation: reused when one is already serving, else deployed on demand.
+
+Evaluation runs inside `lab-ray run` (teacher already up), from `lab-ray eval`
+(nothing up) and from checkpoint selection during training (called a few
+times per run). `LazyTeacher` opens an endpoint only when a judge verdict or
+an uncached MCQ set is actually needed: the configured `teacher.base_url`, a
+teacher already answering on teacher.host:port, or a fresh deployment through
+`teacher_endpoint` (shut down when the LazyTeacher closes).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+
+import httpx
+
+from lab_ray.teacher.client import TeacherClient
+
+
+def serving_url(cfg) -> str | None:
+    """The configured teacher URL, or the local one if a teacher already answers there."""
+    t = cfg.teacher
+    if t.base_url:
+        return t.base_url.rstrip("/")
+    url = f"http://{t.host}:{t.port}{t.route_prefix.rstrip('/')}/v1"
+    from lab_ray.teacher.app import api_key
+
+    key = api_key(t)
+    try:
+        r = httpx.get(url + "/models", timeout=3.0, headers={"Authorization": f"Bearer {key}"} if key else {})
+    except httpx.HTTPError:
+        return None
+    if r.status_code != 200:
+        return None
+    try:
+        ids = {m.get("id") for m in r.json().get("data", [])}
+    except (ValueError, AttributeError):
+        return None
+    return url if t.model in ids else None
+
+
+class LazyTeacher:
+    """Callable returning a TeacherClient; deploys nothing until first called."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self._stack = contextlib.ExitStack()
+        self._client: TeacherClient | None = None
+        self.deployed = False
+
+    def __call__(self) -> TeacherClient:
+        if self._client is None:
+            import fcntl
+
+            from lab_ray.eval.sets import eval_dir
+            from lab_ray.teacher.app import api_key
+
+            # Parallel scorers (Ray tasks) deploy at most one teacher: the first
+            # takes the lock and deploys, the others then find it serving.
+            eval_dir(self.cfg).mkdir(parents=True, exist_ok=True)
+            with open(eval_dir(self.cfg) / ".teacher.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    url, key = serving_url(self.cfg), api_key(self.cfg.teacher)
+                    if url is None:
+                        from lab_ray.sdg.commands import teacher_endpoint
+
+                        url, key = self._stack.enter_context(teacher_endpoint(self.cfg))
+                        self.deployed = True
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+            c = self.cfg.teacher.client
+            self._client = TeacherClient(url, self.cfg.teacher.model, key, max_concurrency=c.max_concurrency,
+                                         timeout_s=c.timeout_s, max_retries=c.max_retries,
+                                         backoff_base_s=c.backoff_base_s, backoff_max_s=c.backoff_max_s,
+                                         seed=int(self.cfg.eval.seed))
+        return self._client
+
+    @property
+    def usage(self) -> dict:
+        return self._client.usage.as_dict() if self._client else {}
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._stack.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_SHARED: dict[str, LazyTeacher] = {}
+
+
+def shared_teacher(cfg) -> LazyTeacher:
+    """One LazyTeacher per process and teacher address (for repeated selection calls); closed at exit."""
+    t = cfg.teacher
+    key = f"{t.base_url}|{t.host}:{t.port}|{t.model}"
+    if key not in _SHARED:
+        if not _SHARED:
+            atexit.register(close_shared)
+        _SHARED[key] = LazyTeacher(cfg)
+    return _SHARED[key]
+
+
+def close_shared() -> None:
+    while _SHARED:
+        _, teacher = _SHARED.popitem()
+        teacher.close()
