@@ -37,8 +37,10 @@ def init_ray(ray_cfg) -> None:
 
 def deployment_options(cfg) -> dict:
     auto = cfg.autoscaling
+    # OMP_WAIT_POLICY=PASSIVE: see lab_ray/teacher/engine.py (spinning OpenMP threads on a shared CPU).
+    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     opts = {"max_ongoing_requests": cfg.max_ongoing_requests,
-            "ray_actor_options": {"num_cpus": cfg.num_cpus}}
+            "ray_actor_options": {"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": env}}}
     if auto.max_replicas > auto.min_replicas:
         opts["autoscaling_config"] = {"min_replicas": auto.min_replicas, "max_replicas": auto.max_replicas,
                                       "target_ongoing_requests": auto.target_ongoing_requests}
@@ -63,6 +65,8 @@ def deploy(cfg, ray_cfg) -> TeacherEndpoint:
         from lab_ray.teacher.serve_cpu import CPUTeacher
 
         plain = OmegaConf.to_container(cfg, resolve=True)
+        # Resolve the key here: the replica may run on a node without the driver's environment.
+        plain["api_key"] = api_key(cfg)
         app = CPUTeacher.options(**deployment_options(cfg)).bind(plain)
     else:
         from lab_ray.teacher.serve_vllm import build_vllm_app

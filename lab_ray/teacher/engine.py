@@ -10,10 +10,18 @@ scores every allowed string by the model's own log-likelihood.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from itertools import groupby
 
-import torch
+# OpenMP threads that spin while waiting collapse when the CPU is shared (Ray
+# workers, SDG actors, other jobs): measured here, 2 spinning threads on a
+# loaded 2-core machine ran ~20x slower than with passive waiting. Only
+# effective if set before torch loads libgomp; the deployment also sets it in
+# the replica's environment. An explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 
 @dataclass
@@ -26,6 +34,7 @@ class GenUnit:
     seed: int | None = None
     top_logprobs: int = -1  # -1: no logprobs; 0: chosen token only; k: top k too
     choices: tuple[str, ...] = ()  # constrained choice (guided_choice)
+    ignore_eos: bool = False  # generate exactly max_tokens (vLLM's ignore_eos)
 
 
 @dataclass
@@ -66,8 +75,8 @@ class Engine:
         for key, idxs in groupby(order, key=lambda i: self._group_key(units[i])):
             idxs = list(idxs)
             if key[0] == "choice":
-                for i in idxs:
-                    results[i] = self._choose(units[i])
+                for i, r in zip(idxs, self._choose([units[i] for i in idxs])):
+                    results[i] = r
             else:
                 for i, r in zip(idxs, self._generate([units[i] for i in idxs])):
                     results[i] = r
@@ -76,9 +85,9 @@ class Engine:
     @staticmethod
     def _group_key(u: GenUnit):
         if u.choices:
-            return ("choice", 0.0, 0.0)
+            return ("choice", 0.0, 0.0, False)
         greedy = u.temperature <= 0
-        return ("gen", 0.0 if greedy else u.temperature, 1.0 if greedy else u.top_p)
+        return ("gen", 0.0 if greedy else u.temperature, 1.0 if greedy else u.top_p, u.ignore_eos)
 
     def _generate(self, units: list[GenUnit]) -> list[GenResult]:
         pad = self.tokenizer.pad_token_id
@@ -90,8 +99,10 @@ class Engine:
         if sample and u0.seed is not None:
             torch.manual_seed(u0.seed)
         want_lp = any(u.top_logprobs >= 0 for u in units)
+        max_new = max(u.max_tokens for u in units)
+        extra = {"min_new_tokens": max_new} if u0.ignore_eos else {}  # EOS suppressed until max_tokens
         out = self.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max(u.max_tokens for u in units),
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new, **extra,
             do_sample=sample, temperature=u0.temperature if sample else None, top_p=u0.top_p if sample else None,
             top_k=None, pad_token_id=pad, return_dict_in_generate=True, output_logits=want_lp,
         )
@@ -103,7 +114,7 @@ class Engine:
             tokens = seqs[row].tolist()[: u.max_tokens]
             n, finish = len(tokens), "length"
             for j, t in enumerate(tokens):
-                if t in eos:
+                if t in eos and not u.ignore_eos:
                     n, finish = j, "stop"
                     break
             tokens = tokens[:n]
@@ -136,22 +147,37 @@ class Engine:
     @torch.no_grad()
     def choice_logprobs(self, prompt_ids: list[int], choices: list[str]) -> dict[str, float]:
         """log P(choice | prompt) for each allowed string, in one padded forward pass."""
-        rows = [prompt_ids + self.tokenizer.encode(c, add_special_tokens=False) for c in choices]
+        return self.choice_logprobs_many([(prompt_ids, list(choices))])[0]
+
+    @torch.no_grad()
+    def choice_logprobs_many(self, items: list[tuple[list[int], list[str]]]) -> list[dict[str, float]]:
+        """Score the choices of several prompts in one right-padded forward pass."""
+        rows, spans = [], []  # spans: (item, choice, row index, prompt length)
+        for k, (prompt_ids, choices) in enumerate(items):
+            for c in choices:
+                spans.append((k, c, len(rows), len(prompt_ids)))
+                rows.append(prompt_ids + self.tokenizer.encode(c, add_special_tokens=False))
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        logp = self.model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
-        scores = {}
-        start = len(prompt_ids)
-        for i, (choice, row) in enumerate(zip(choices, rows)):
-            targets = torch.tensor(row[start:])
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
+        scores: list[dict[str, float]] = [{} for _ in items]
+        for k, choice, i, start in spans:
+            row = rows[i]
+            if len(row) == start:  # the empty string: log P = 0
+                scores[k][choice] = 0.0
+                continue
             positions = torch.arange(start - 1, len(row) - 1)
-            scores[choice] = float(logp[i, positions, targets].sum())
+            logp = logits[i, positions].float().log_softmax(-1)
+            scores[k][choice] = float(logp[torch.arange(len(positions)), torch.tensor(row[start:])].sum())
         return scores
 
-    def _choose(self, u: GenUnit) -> GenResult:
-        scores = self.choice_logprobs(u.prompt_ids, list(u.choices))
+    def _choose(self, units: list[GenUnit]) -> list[GenResult]:
+        all_scores = self.choice_logprobs_many([(u.prompt_ids, list(u.choices)) for u in units])
+        return [self._chosen(u, scores) for u, scores in zip(units, all_scores)]
+
+    def _chosen(self, u: GenUnit, scores: dict[str, float]) -> GenResult:
         best = max(scores, key=scores.get)
         n = len(self.tokenizer.encode(best, add_special_tokens=False))
         lp = []

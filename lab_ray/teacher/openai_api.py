@@ -36,6 +36,8 @@ class _Sampling(BaseModel):
     stream: bool = False
     guided_choice: Optional[list[str]] = Field(None, min_length=1)
     structured_outputs: Optional[dict] = None
+    # vLLM's extension: keep generating past EOS up to max_tokens (benchmarks).
+    ignore_eos: bool = False
 
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:

@@ -11,9 +11,11 @@ sizes are recorded for `/v1/stats` (tests assert on them, not on timing).
 import asyncio
 import hmac
 import os
+from collections import Counter, deque
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from ray import serve
 
 from lab_ray.teacher.engine import Engine, GenResult, GenUnit
@@ -67,21 +69,38 @@ class CPUTeacher:
         self.api_key = os.environ.get(cfg.get("api_key_env") or "", "") or cfg.get("api_key") or ""
         self.default_max_tokens = int(cfg.get("default_max_tokens", 256))
         self.extra_stop = tuple(cfg.get("stop") or ())
-        self.batch_sizes: list[int] = []
+        # What the deployment records about its batches (for /v1/stats; tests assert on it).
+        self.recent_batch_sizes: deque[int] = deque(maxlen=1000)
+        self.batch_histogram: Counter[int] = Counter()
         batching = cfg.get("batching", {})
         self._generate_unit.set_max_batch_size(int(batching.get("max_batch_size", 8)))
         self._generate_unit.set_batch_wait_timeout_s(float(batching.get("batch_wait_timeout_s", 0.05)))
 
     # -- batching -------------------------------------------------------------
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def _generate_unit(self, units: list[GenUnit]) -> list[GenResult]:
-        self.batch_sizes.append(len(units))
-        return await asyncio.to_thread(self.engine.run, units)
+    async def _generate_unit(self, units: list[GenUnit]) -> list[GenResult | Exception]:
+        self.recent_batch_sizes.append(len(units))
+        self.batch_histogram[len(units)] += 1
+        return await asyncio.to_thread(self._run_batch, units)
+
+    def _run_batch(self, units: list[GenUnit]) -> list[GenResult | Exception]:
+        try:
+            return self.engine.run(units)
+        except Exception:
+            # One bad unit must not fail the requests it happened to be batched with:
+            # rerun one by one and hand each unit its own result or exception.
+            out: list[GenResult | Exception] = []
+            for u in units:
+                try:
+                    out += self.engine.run([u])
+                except Exception as e:  # noqa: PERF203
+                    out.append(e)
+            return out
 
     # -- helpers --------------------------------------------------------------
-    def _check(self, request: Request, model: str) -> None:
+    def _check(self, request: Request | str | None, model: str) -> None:
         if self.api_key:
-            header = request.headers.get("authorization", "")
+            header = (request.headers.get("authorization", "") if isinstance(request, Request) else request) or ""
             token = header[7:] if header.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(token.encode(), self.api_key.encode()):
                 raise _ClientError(401, "missing or wrong API key (Authorization: Bearer <key>)", code="invalid_api_key")
@@ -93,16 +112,22 @@ class CPUTeacher:
         max_tokens = req.max_tokens or req.max_completion_tokens or self.default_max_tokens
         choices = req.choices()
         if choices:
-            max_tokens = 1
+            # scored, not generated: the longest allowed string must fit after the prompt
+            max_tokens = max(len(self.engine.tokenizer.encode(c, add_special_tokens=False)) for c in choices) or 1
         if len(prompt_ids) + max_tokens > self.engine.context_length:
             raise _ClientError(400, f"this model's maximum context length is {self.engine.context_length} tokens; "
                                f"the prompt has {len(prompt_ids)} tokens and max_tokens is {max_tokens}",
                                param="max_tokens", code="context_length_exceeded")
         return [GenUnit(prompt_ids, max_tokens, req.temperature, req.top_p, req.stops() + self.extra_stop,
-                        None if req.seed is None else req.seed + i, top_logprobs, choices) for i in range(req.n)]
+                        None if req.seed is None else req.seed + i, top_logprobs, choices, req.ignore_eos)
+                for i in range(req.n)]
 
     async def _run(self, units: list[GenUnit]) -> list[GenResult]:
-        return list(await asyncio.gather(*(self._generate_unit(u) for u in units)))
+        results = await asyncio.gather(*(self._generate_unit(u) for u in units))
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return list(results)
 
     async def _guard(self, coro):
         try:
@@ -126,14 +151,46 @@ class CPUTeacher:
 
     @api.get("/v1/stats")
     async def stats(self):
-        return {"batch_sizes": self.batch_sizes[-1000:], "batches": len(self.batch_sizes),
-                "units": sum(self.batch_sizes)}
+        return {"batches": sum(self.batch_histogram.values()),
+                "units": sum(k * v for k, v in self.batch_histogram.items()),
+                "batch_size_histogram": {str(k): v for k, v in sorted(self.batch_histogram.items())},
+                "recent_batch_sizes": list(self.recent_batch_sizes)}
+
+    # -- in-cluster calls through a DeploymentHandle (no HTTP) -----------------
+    async def call(self, route: str, body: dict, authorization: str | None = None) -> dict:
+        """The OpenAI routes for `DeploymentHandle` callers: returns {"status", "body"}.
+
+        Same validation, errors and auth as over HTTP; `authorization` is the
+        header value ("Bearer <key>") when the teacher has an API key.
+        """
+        kinds = {"chat/completions": (ChatCompletionRequest, self._chat),
+                 "completions": (CompletionRequest, self._completions)}
+        if route.strip("/").removeprefix("v1/") not in kinds:
+            return {"status": 404, "body": {"error": {"message": f"no route {route!r}", "type": "invalid_request_error",
+                                                      "param": None, "code": None}}}
+        model, handler = kinds[route.strip("/").removeprefix("v1/")]
+        try:
+            req = model.model_validate(body)
+        except ValidationError as e:
+            first = e.errors()[0] if e.errors() else {}
+            loc = ".".join(str(p) for p in first.get("loc", []))
+            return {"status": 422, "body": {"error": {"message": f"{loc}: {first.get('msg', 'invalid request')}",
+                                                      "type": "invalid_request_error", "param": loc or None,
+                                                      "code": None}}}
+        try:
+            return {"status": 200, "body": await handler(req, authorization)}
+        except _ClientError as e:
+            return {"status": e.status, "body": {"error": {"message": str(e), "type": "invalid_request_error",
+                                                           "param": e.param, "code": e.code}}}
+        except Exception as e:
+            return {"status": 500, "body": {"error": {"message": f"internal error: {type(e).__name__}: {str(e)[:200]}",
+                                                      "type": "server_error", "param": None, "code": None}}}
 
     @api.post("/v1/chat/completions")
     async def chat(self, body: ChatCompletionRequest, request: Request):
         return await self._guard(self._chat(body, request))
 
-    async def _chat(self, req: ChatCompletionRequest, request: Request):
+    async def _chat(self, req: ChatCompletionRequest, request: Request | str | None):
         self._check(request, req.model)
         if req.stream:
             raise _ClientError(400, "stream=true is not supported by this teacher", param="stream")
@@ -158,7 +215,7 @@ class CPUTeacher:
     async def completions(self, body: CompletionRequest, request: Request):
         return await self._guard(self._completions(body, request))
 
-    async def _completions(self, req: CompletionRequest, request: Request):
+    async def _completions(self, req: CompletionRequest, request: Request | str | None):
         self._check(request, req.model)
         if req.stream:
             raise _ClientError(400, "stream=true is not supported by this teacher", param="stream")

@@ -65,11 +65,15 @@ def test_official_openai_client_chat_and_completions(teacher):
     assert len(comp.choices) == 4 and sorted(c.index for c in comp.choices) == [0, 1, 2, 3]
     assert all(isinstance(c.text, str) for c in comp.choices)
     assert comp.usage.completion_tokens > 0 and comp.usage.prompt_tokens > 0
+    # vLLM's guided_choice extension passes through the official client's extra_body
+    judged = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Is ice cold?"}],
+                                            extra_body={"guided_choice": ["yes", "no"]})
+    assert judged.choices[0].message.content in ("yes", "no")
 
 
 def test_concurrent_requests_are_batched(teacher):
     endpoint, _ = teacher
-    before = httpx.get(endpoint.base_url + "/stats").json()["batches"]
+    before = httpx.get(endpoint.base_url + "/stats").json()["batch_size_histogram"]
 
     async def fire():
         async with httpx.AsyncClient(timeout=300, headers={"Authorization": f"Bearer {API_KEY}"}) as c:
@@ -80,9 +84,11 @@ def test_concurrent_requests_are_batched(teacher):
 
     responses = asyncio.run(fire())
     assert all(r.status_code == 200 for r in responses)
-    stats = httpx.get(endpoint.base_url + "/stats").json()
-    new = stats["batch_sizes"][before:]
-    assert sum(new) == 16 and max(new) > 1, new
+    after = httpx.get(endpoint.base_url + "/stats").json()["batch_size_histogram"]
+    new = {int(k): v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    assert sum(size * count for size, count in new.items()) == 16, new  # every request went through a batch
+    assert max(new) > 1, new  # ... and some were generated together
+    assert max(new) <= 8, new  # never above the configured max_batch_size
 
 
 def test_constrained_choice_is_one_of_the_strings_and_matches_the_model(teacher):
@@ -90,7 +96,7 @@ def test_constrained_choice_is_one_of_the_strings_and_matches_the_model(teacher)
     from lab_ray.embedded_model import embedded_model_dir
     from lab_ray.teacher.engine import Engine
 
-    engine = Engine(str(embedded_model_dir()))
+    engine = Engine(str(embedded_model_dir()), threads=1)
     choices = ["yes", "no", "maybe"]
     for question in ["Is water wet?", "Is fire cold?", "Do birds fly?", "Is 2 larger than 3?"]:
         messages = [{"role": "user", "content": question}]
@@ -100,6 +106,7 @@ def test_constrained_choice_is_one_of_the_strings_and_matches_the_model(teacher)
         assert choice["message"]["content"] in choices
         served = choice["choice_logprobs"]
         direct = engine.choice_logprobs(engine.chat_prompt(messages), choices)
+        assert served == pytest.approx(direct, abs=1e-3)
         assert sorted(choices, key=served.get) == sorted(choices, key=direct.get)
         assert choice["message"]["content"] == max(direct, key=direct.get)
 
@@ -149,3 +156,25 @@ def test_shared_client_against_the_real_teacher(teacher):
     assert replies[-1].text in ("yes", "no") and abs(sum(replies[-1].choice_probs().values()) - 1) < 1e-6
     assert client.usage.requests == 6 and client.usage.failures == 0
     assert client.usage.completion_tokens == sum(r.completion_tokens for r in replies)
+
+
+def test_deployment_handle_route_has_the_same_api(teacher):
+    """In-cluster callers may skip HTTP: `call` validates, authenticates and answers like the routes."""
+    endpoint, cfg = teacher
+    from ray import serve
+
+    handle = serve.get_deployment_handle("CPUTeacher", app_name=cfg.teacher.app_name)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0}
+    ok = handle.call.remote("/v1/chat/completions", body, f"Bearer {API_KEY}").result(timeout_s=120)
+    assert ok["status"] == 200 and ok["body"]["choices"][0]["message"]["content"]
+    assert 0 < ok["body"]["usage"]["completion_tokens"] <= 3
+    comp = handle.call.remote("completions", {"model": MODEL, "prompt": ["a", "b"], "max_tokens": 2, "n": 2},
+                              f"Bearer {API_KEY}").result(timeout_s=120)
+    assert comp["status"] == 200 and len(comp["body"]["choices"]) == 4
+    assert handle.call.remote("chat/completions", body).result(timeout_s=60)["status"] == 401
+    bad = handle.call.remote("chat/completions", {**body, "n": 0}, f"Bearer {API_KEY}").result(timeout_s=60)
+    assert bad["status"] == 422 and bad["body"]["error"]["message"]
+    long = {**body, "messages": [{"role": "user", "content": "word " * 9000}]}
+    assert handle.call.remote("chat/completions", long, f"Bearer {API_KEY}").result(timeout_s=60)["status"] == 400
+    assert handle.call.remote("embeddings", body, f"Bearer {API_KEY}").result(timeout_s=60)["status"] == 404
+    _assert_alive(endpoint)

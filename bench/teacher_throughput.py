@@ -1,0 +1,127 @@
+"""Served teacher vs bare transformers, same model, same prompts, one run.
+
+(a) bare: `lab_ray.teacher.engine.Engine.run` (the deployment's own generate
+    code, no Ray, no HTTP) over the prompts in batches of the deployment's
+    max_batch_size;
+(b) served: the real CPU Serve deployment on a local Ray, driven over HTTP by
+    TeacherClient with 2 x max_batch_size requests in flight (one batch
+    generating, the next one queued).
+
+Both sides use the same torch thread count, greedy decoding and `ignore_eos`,
+so every request generates exactly --max-tokens tokens (token counts are
+checked, not assumed). Rounds are interleaved (bare, served, bare, served...)
+so load from other jobs on the machine hits both sides alike. Prints
+generated tokens/s of each, p50/p95 latency (bare: the request's batch
+time; served: client-side request time), and last the ratio served/bare.
+
+    .venv/bin/python bench/teacher_throughput.py [--prompts 32] [--max-tokens 32] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from teacher_common import MODEL, load_note, pct, prompts, start_teacher, stop_teacher
+
+
+def bare_round(engine, prompt_ids, max_tokens: int, batch: int) -> tuple[int, float, list[float]]:
+    from lab_ray.teacher.engine import GenUnit
+
+    tokens, lat = 0, []
+    t0 = time.perf_counter()
+    for i in range(0, len(prompt_ids), batch):
+        units = [GenUnit(p, max_tokens, temperature=0.0, ignore_eos=True) for p in prompt_ids[i:i + batch]]
+        t = time.perf_counter()
+        results = engine.run(units)
+        dt = time.perf_counter() - t
+        tokens += sum(r.completion_tokens for r in results)
+        lat += [dt] * len(units)
+    return tokens, time.perf_counter() - t0, lat
+
+
+async def served_round(client, chats, max_tokens: int) -> tuple[int, float, list[float]]:
+    lat: list[float] = []
+
+    async def one(messages):
+        t = time.perf_counter()
+        r = await client.chat(messages, max_tokens=max_tokens, temperature=0, ignore_eos=True)
+        lat.append(time.perf_counter() - t)
+        return r
+
+    t0 = time.perf_counter()
+    replies = await asyncio.gather(*(one(m) for m in chats))
+    wall = time.perf_counter() - t0
+    bad = [r for r in replies if not r.ok]
+    assert not bad, f"{len(bad)} failed: {bad[0].error} {bad[0].detail}"
+    return sum(r.completion_tokens for r in replies), wall, lat
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=None, help="max_batch_size (default: the config's)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads, both sides (default: the config's)")
+    ap.add_argument("--wait", type=float, default=None, help="batch_wait_timeout_s (default: the config's)")
+    args = ap.parse_args()
+
+    from lab_ray.config import load_config
+
+    base = load_config([]).teacher
+    batch = args.batch or base.batching.max_batch_size
+    threads = args.threads or base.torch_threads
+    wait = base.batching.batch_wait_timeout_s if args.wait is None else args.wait
+    overrides = ["ray.num_cpus=2", f"teacher.batching.max_batch_size={batch}", f"teacher.torch_threads={threads}",
+                 f"teacher.batching.batch_wait_timeout_s={wait}"]
+
+    import torch
+
+    from lab_ray.embedded_model import resolve_model
+    from lab_ray.teacher.client import TeacherClient
+    from lab_ray.teacher.engine import Engine
+
+    endpoint, cfg = start_teacher(overrides)
+    try:
+        engine = Engine(resolve_model(MODEL), threads=threads)
+        chats = prompts(args.prompts)
+        prompt_ids = [engine.chat_prompt(m) for m in chats]
+        client = TeacherClient(endpoint.base_url, MODEL, endpoint.api_key, max_concurrency=2 * batch,
+                               max_retries=0, timeout_s=600)
+        loop = asyncio.new_event_loop()
+        # warm-up: one batch each side (first-call allocations, connections, replica start)
+        bare_round(engine, prompt_ids[:batch], 4, batch)
+        loop.run_until_complete(served_round(client, chats[:batch], 4))
+
+        totals = {"bare": [0, 0.0, []], "served": [0, 0.0, []]}
+        for rnd in range(args.rounds):
+            for side in ("bare", "served"):
+                if side == "bare":
+                    tok, wall, lat = bare_round(engine, prompt_ids, args.max_tokens, batch)
+                else:
+                    tok, wall, lat = loop.run_until_complete(served_round(client, chats, args.max_tokens))
+                expected = args.prompts * args.max_tokens
+                assert tok == expected, f"{side} generated {tok} tokens, expected {expected}"
+                totals[side][0] += tok
+                totals[side][1] += wall
+                totals[side][2] += lat
+                print(f"  round {rnd + 1} {side:6s} {tok / wall:7.1f} tok/s ({tok} tokens in {wall:.1f} s)", flush=True)
+        loop.run_until_complete(client.aclose())
+
+        print(f"# {args.prompts} prompts x {args.max_tokens} tokens (greedy, ignore_eos) x {args.rounds} rounds; "
+              f"batch {batch}, torch threads {threads} (bare process: {torch.get_num_threads()}), "
+              f"batch_wait_timeout_s {wait}, client concurrency {2 * batch}; {load_note()}")
+        rate = {}
+        for side, (tok, wall, lat) in totals.items():
+            rate[side] = tok / wall
+            print(f"{side:6s} {rate[side]:7.1f} generated tok/s   latency p50 {pct(lat, 50):6.2f} s  "
+                  f"p95 {pct(lat, 95):6.2f} s")
+        print(f"served/bare ratio: {rate['served'] / rate['bare']:.3f}")
+    finally:
+        stop_teacher()
+
+
+if __name__ == "__main__":
+    main()
