@@ -24,6 +24,7 @@ from lab_ray.pipeline.config import SubmitConfig
 from lab_ray.sdg.config import SDGConfig
 from lab_ray.taxonomy.config import TaxonomyConfig
 from lab_ray.teacher.config import TeacherConfig
+from lab_ray.train.config import TrainConfig
 
 PROFILE_GROUPS = ("teacher", "sdg", "train")
 
@@ -58,8 +59,7 @@ class LabRayConfig:
     taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     sdg: SDGConfig = field(default_factory=SDGConfig)
-    # Section owned by a later stage, free-form until its schema lands.
-    train: Dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

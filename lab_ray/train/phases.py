@@ -1,0 +1,221 @@
+"""LAB's training phases on Ray Train, with a journal so a rerun resumes.
+
+knowledge_short -> knowledge_long (+ replay of short) -> select(knowledge)
+-> skills (+ replay of knowledge) -> select(skills) = the final model.
+
+`train/journal.json` records each phase's status, checkpoints and stats and
+each selection's scores. A rerun skips what is done; a phase that was running
+is rerun under the same Ray Train run name and storage path, so Ray Train
+hands its workers the latest checkpoint and they continue from that step.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lab_ray.config import run_dir
+from lab_ray.errors import ConfigError, LabRayError
+from lab_ray.train import metrics as M
+from lab_ray.train.config import PHASES
+from lab_ray.train.selection import choose, data_dir, score_all
+
+# phase -> (data subdir, response length filter, replay (subdir, length) or None)
+PHASE_DATA = {
+    "knowledge_short": ("knowledge_train", "short", None),
+    "knowledge_long": ("knowledge_train", "long", ("knowledge_train", "short")),
+    "skills": ("skills_train", "", ("knowledge_train", "")),
+}
+SELECT_AFTER = {"knowledge_long": ("knowledge", ("knowledge_short", "knowledge_long")), "skills": ("skills", ("skills",))}
+
+
+class Journal:
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {"phases": {}, "selection": {}}
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=str))
+        os.replace(tmp, self.path)  # atomic: a kill never leaves half a journal
+
+    def phase(self, name: str) -> dict:
+        return self.data["phases"].setdefault(name, {"status": "pending"})
+
+
+def init_ray(cfg) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    kwargs = dict(include_dashboard=bool(cfg.ray.include_dashboard), log_to_driver=False, configure_logging=True)
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, **kwargs)
+    else:
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, **kwargs)
+
+
+def _files(ddir: Path, sub: str) -> list[str]:
+    return sorted(glob.glob(str(ddir / sub / "*.jsonl")))
+
+
+def _keep(row) -> bool:
+    return row["over_length"] == 0
+
+
+def _datasets(cfg, phase: str, model_dir: str):
+    from lab_ray.train.tokenize import tokenized_dataset
+
+    tc, pc = cfg.train, cfg.train[phase]
+    sub, length, replay = PHASE_DATA[phase]
+    ddir = data_dir(cfg)
+    common = dict(model_dir=model_dir, max_seq_len=int(pc.max_seq_len), seed=int(tc.seed),
+                  heldout_fraction=float(tc.heldout_fraction), train_on_user_kinds=list(tc.train_on_user_kinds))
+    files = _files(ddir, sub)
+    if not files:
+        return None, None, {"rows": 0}
+    tok = tokenized_dataset(files, length=length, **common)
+    # One streaming pass for the counts (a shuffle-based aggregate costs far more here).
+    stats = {"rows": 0, "dropped_over_length": 0, "tokens": 0, "label_tokens": 0}
+    cols = ["num_tokens", "over_length", "num_label_tokens"]
+    for b in tok.select_columns(cols).iter_batches(batch_size=4096, batch_format="numpy"):
+        stats["rows"] += len(b["num_tokens"])
+        stats["dropped_over_length"] += int(b["over_length"].sum())
+        stats["tokens"] += int(b["num_tokens"].sum())
+        stats["label_tokens"] += int(b["num_label_tokens"].sum())
+    stats["kept"] = stats["rows"] - stats["dropped_over_length"]
+    replay_ds = None
+    if replay and pc.replay_ratio > 0 and _files(ddir, replay[0]):
+        replay_ds = tokenized_dataset(_files(ddir, replay[0]), length=replay[1], **common).filter(_keep)
+    return tok.filter(_keep), replay_ds, stats
+
+
+def _total_steps(cfg, phase: str, stats: dict, has_replay: bool) -> int:
+    tc, pc = cfg.train, cfg.train[phase]
+    ratio = float(pc.replay_ratio) if has_replay else 0.0
+    tokens = (stats["tokens"] * stats["kept"] / max(1, stats["rows"])) / (1.0 - ratio)
+    per_step = int(pc.max_seq_len) * int(tc.num_workers) * int(pc.micro_batch_size) * int(pc.grad_accum)
+    total = max(1, math.ceil(tokens / per_step)) * int(pc.epochs)
+    return min(total, int(pc.max_steps)) if pc.max_steps else total
+
+
+def _train_phase(cfg, phase: str, init_dir: str, tdir: Path, entry: dict, journal: Journal) -> dict:
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from lab_ray.train.loop import train_loop
+
+    tc, pc = cfg.train, cfg.train[phase]
+    train_ds, replay_ds, stats = _datasets(cfg, phase, init_dir)
+    entry["stats"] = stats
+    if not stats.get("kept"):
+        entry.update(status="skipped", reason="no training rows for this phase", wall_s=0.0)
+        return entry
+    total = entry.get("total_steps") or _total_steps(cfg, phase, stats, replay_ds is not None)
+    entry.update(status="running", init=init_dir, total_steps=total)
+    journal.save()
+    t0 = time.time()
+    datasets = {"train": train_ds}
+    if replay_ds is not None:
+        datasets["replay"] = replay_ds
+    scratch = tdir / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "phase": phase, "init_dir": init_dir, "total_steps": total, "scratch": str(scratch),
+            "replay_ratio": float(pc.replay_ratio) if replay_ds is not None else 0.0,
+            "train": OmegaConf.to_container(tc, resolve=True), "phase_cfg": OmegaConf.to_container(pc, resolve=True)},
+        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=int(tc.num_workers), use_gpu=bool(tc.use_gpu),
+                                     resources_per_worker={"CPU": float(tc.cpus_per_worker)}),
+        run_config=RunConfig(
+            name=phase, storage_path=str(tdir / "ray"),
+            checkpoint_config=CheckpointConfig(num_to_keep=int(tc.keep_checkpoints)),
+            failure_config=FailureConfig(max_failures=int(tc.max_failures)),
+            callbacks=[M.MetricsCallback(str(tdir / "metrics.jsonl"))]),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),  # replay: each worker slices its own
+    )
+    result = trainer.fit()
+    ckpts = sorted(((m.get("step", 0), c.path) for c, m in (result.best_checkpoints or [])), key=lambda x: x[0])
+    if not ckpts:
+        raise LabRayError(f"phase {phase} finished without a checkpoint")
+    entry.update(status="done", checkpoints=[p for _, p in ckpts], last_checkpoint=ckpts[-1][1],
+                 wall_s=entry.get("wall_s", 0.0) + time.time() - t0)
+    return entry
+
+
+def _select(cfg, group: str, phases: tuple, journal: Journal, tdir: Path) -> str | None:
+    sel = journal.data["selection"].get(group)
+    if sel and sel.get("selected"):
+        return sel["selected"]
+    candidates = [c for ph in phases for c in journal.phase(ph).get("checkpoints", [])]
+    if not candidates:
+        return None
+    t0 = time.time()
+    scores = score_all(candidates, group, cfg)
+    best = choose(scores, cfg.train.selection.metric, cfg.train.selection.mode)
+    journal.data["selection"][group] = {"scores": scores, "selected": best, "metric": cfg.train.selection.metric,
+                                        "mode": cfg.train.selection.mode, "wall_s": time.time() - t0}
+    journal.save()
+    for ckpt, s in scores.items():
+        M.append(tdir / "metrics.jsonl", {"event": "score", "group": group, "checkpoint": ckpt, **s,
+                                          "selected": ckpt == best, "time": time.time()})
+    return best
+
+
+def run_training(cfg) -> dict:
+    """Run (or resume) all training phases of the run; returns
+    {"final_checkpoint": path, "phases": {...}, "selection": {...}, "journal": path, "metrics": path}."""
+    from lab_ray.embedded_model import resolve_model
+
+    tc = cfg.train
+    if tc.start_phase not in PHASES:
+        raise ConfigError(f"train.start_phase={tc.start_phase!r}: use one of {', '.join(PHASES)}")
+    if tc.backend not in ("ddp", "deepspeed"):
+        raise ConfigError(f"train.backend={tc.backend!r}: use ddp or deepspeed")
+    ddir = data_dir(cfg)
+    if not any(_files(ddir, sub) for sub in ("knowledge_train", "skills_train")):
+        raise LabRayError(f"no training data in {ddir} (knowledge_train/*.jsonl, skills_train/*.jsonl); "
+                          "run `lab-ray generate` first or set train.data_dir")
+    if tc.init_from and not Path(resolve_model(tc.init_from)).is_dir():
+        raise ConfigError(f"train.init_from={tc.init_from!r} is not a model directory")
+    tdir = (run_dir(cfg) / "train").resolve()
+    tdir.mkdir(parents=True, exist_ok=True)
+    journal = Journal(tdir / "journal.json")
+    base = resolve_model(tc.init_from or tc.model)
+    init_ray(cfg)
+    start = PHASES.index(tc.start_phase)
+    init = base
+    with M.LiveView(tdir / "metrics.jsonl", bool(tc.live)):
+        for i, phase in enumerate(PHASES):
+            entry = journal.phase(phase)
+            if phase == "skills":
+                init = _select(cfg, "knowledge", SELECT_AFTER["knowledge_long"][1], journal, tdir) or init
+            if entry["status"] not in ("done", "skipped"):
+                if i < start or not cfg.train[phase].enabled:
+                    entry.update(status="skipped", reason="before train.start_phase" if i < start else "disabled")
+                else:
+                    _train_phase(cfg, phase, init, tdir, entry, journal)
+                journal.save()
+            if entry["status"] == "done" and phase != "skills":
+                init = entry["last_checkpoint"]
+        final = _select(cfg, "skills", ("skills",), journal, tdir) or init
+    journal.data["final_checkpoint"] = final
+    journal.save()
+    for ph in PHASES:
+        e = journal.phase(ph)
+        M.append(tdir / "metrics.jsonl", {"event": "phase", "phase": ph, "status": e["status"],
+                                          "wall_s": e.get("wall_s", 0.0), "time": time.time(),
+                                          "selected": journal.data["selection"].get(
+                                              "knowledge" if ph != "skills" else "skills", {}).get("selected")})
+    return {"final_checkpoint": final, "phases": journal.data["phases"], "selection": journal.data["selection"],
+            "journal": str(journal.path), "metrics": str(tdir / "metrics.jsonl")}

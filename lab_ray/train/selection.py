@@ -1,0 +1,120 @@
+"""Checkpoint selection: pluggable scorers, one metric to optimise.
+
+A scorer is "module:function" with fn(checkpoint_dir, phase, cfg) ->
+{metric: value}, where phase is "knowledge" or "skills". All scorers' values
+for every candidate go into the run's metrics; `train.selection.metric` (and
+`mode` min|max) picks the winner. The held-out-loss scorer is delivered here;
+evaluation scorers plug in through the same hook.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lab_ray.errors import ConfigError
+
+# Selection group -> the data files it holds out from.
+GROUP_DATA = {"knowledge": "knowledge_train", "skills": "skills_train"}
+
+
+def load_scorer(spec: str):
+    mod, _, fn = spec.partition(":")
+    if not mod or not fn:
+        raise ConfigError(f"train.selection.scorers: {spec!r} is not of the form module:function")
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"train.selection.scorers: cannot load {spec!r}: {e}")
+
+
+def data_dir(cfg) -> Path:
+    from lab_ray.config import run_dir
+
+    return Path(cfg.train.data_dir) if cfg.train.data_dir else run_dir(cfg) / "data"
+
+
+def heldout_rows(cfg, group: str, limit: int):
+    """Held-out rows of a group, read line by line (never the whole file set)."""
+    from lab_ray.train.tokenize import is_heldout
+
+    out = []
+    for path in sorted(glob.glob(str(data_dir(cfg) / GROUP_DATA[group] / "*.jsonl"))):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if is_heldout(str(row["id"]), cfg.train.seed, cfg.train.heldout_fraction):
+                    out.append(row)
+                    if len(out) >= limit:
+                        return out
+    return out
+
+
+@torch.no_grad()
+def heldout_loss(checkpoint_dir: str, phase: str, cfg) -> dict[str, float]:
+    """Mean per-token loss on assistant tokens of the phase's held-out slice (nan if none)."""
+    from transformers import AutoModelForCausalLM
+
+    from lab_ray.train.tokenize import IGNORE, load_tokenizer, shift_targets, tokenize_conversation
+
+    rows = heldout_rows(cfg, phase, int(cfg.train.selection.max_heldout_rows))
+    tok = load_tokenizer(checkpoint_dir)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32)
+    model.eval()
+    total, count = 0.0, 0
+    for row in rows:
+        msgs = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        ids, labels = tokenize_conversation(tok, msgs)
+        targets = shift_targets(labels)
+        # Longest phase max_seq_len bounds the cost; longer rows were never trained on either.
+        if len(ids) > max(cfg.train.knowledge_long.max_seq_len, cfg.train.skills.max_seq_len):
+            continue
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+        t = torch.tensor(targets)
+        total += float(F.cross_entropy(logits.float(), t, ignore_index=IGNORE, reduction="sum"))
+        count += int((t != IGNORE).sum())
+    return {"heldout_loss": total / count if count else math.nan, "heldout_tokens": float(count)}
+
+
+def score_all(candidates: list[str], group: str, cfg) -> dict[str, dict[str, float]]:
+    """Every scorer on every candidate, each in a Ray task (so a cluster can give it a GPU)."""
+    import ray
+
+    from lab_ray.train.tokenize import load_tokenizer  # noqa: F401  (fail early on import errors)
+
+    scorers = list(cfg.train.selection.scorers)
+    for s in scorers:
+        load_scorer(s)
+
+    @ray.remote(num_cpus=1, num_gpus=1 if cfg.train.use_gpu else 0)
+    def _score(ckpt: str) -> dict:
+        out: dict[str, float] = {}
+        for s in scorers:
+            out.update({k: float(v) for k, v in load_scorer(s)(ckpt, group, cfg).items()})
+        return out
+
+    results = ray.get([_score.remote(c) for c in candidates])
+    return dict(zip(candidates, results))
+
+
+def choose(scores: dict[str, dict[str, float]], metric: str, mode: str) -> str:
+    """Best candidate by metric; nan/missing lose; ties and all-missing go to the latest."""
+    if mode not in ("min", "max"):
+        raise ConfigError(f"train.selection.mode={mode!r}: use min or max")
+    best, best_v = None, None
+    for ckpt, s in scores.items():  # candidates are in training order
+        v = s.get(metric)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        if best_v is None or (v <= best_v if mode == "min" else v >= best_v):
+            best, best_v = ckpt, v
+    return best if best is not None else list(scores)[-1]
+
