@@ -1,0 +1,140 @@
+"""SDG test helpers: configs in tmp dirs, test teacher specs, and the checks every finished run must pass."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from fixture_paths import REPO
+
+SAMPLE_TAXONOMY = REPO / "taxonomy"
+SAMPLE_LEAVES = [
+    "compositional_skills/extraction/facts_to_list",
+    "compositional_skills/writing/poetry/haiku",
+    "foundational_skills/reasoning/arithmetic_word_problems",
+    "knowledge/geography/islands/varrow_island",
+]
+REASONS = {"judged_out", "unparsable", "teacher_error", "duplicate"}
+FAKES = "lab_ray.sdg.fake_teachers"
+
+
+def instant_spec(**args) -> dict:
+    return {"kind": "python", "factory": f"{FAKES}:InstantTeacher", "args": args}
+
+
+def faulty_spec(**args) -> dict:
+    return {"kind": "python", "factory": f"{FAKES}:FaultyTeacher", "args": args}
+
+
+def sdg_config(root: Path, name: str, *overrides: str, config_file: str | None = None):
+    from lab_ray.config import load_config
+
+    return load_config([f"run.root={root}", f"run.name={name}", "sdg.progress=false", "ray.num_cpus=4",
+                        f"taxonomy.path={SAMPLE_TAXONOMY}", *overrides], config_file)
+
+
+# -- output checks ---------------------------------------------------------------
+def read_parquet_dir(path: Path):
+    import pandas as pd
+
+    files = sorted(Path(path).rglob("*.parquet"))
+    if not files:
+        return pd.DataFrame()
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def read_jsonl_dir(path: Path) -> list[dict]:
+    rows = []
+    for f in sorted(Path(path).glob("*.jsonl")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rows.append(json.loads(line))  # every line must parse
+    return rows
+
+
+def check_run(run_dir: Path, quotas: dict[str, int]) -> dict:
+    """Everything a finished run must satisfy; returns the pieces for further asserts.
+
+    quotas: leaf -> expected number of tasks (rows) for that leaf.
+    """
+    from lab_ray.sdg.pipeline import stage_order
+
+    sdg = run_dir / "sdg"
+    assert not list((sdg / "shards").glob("*.tmp")), "a partial shard was left behind"
+    shards = read_parquet_dir(sdg / "shards")
+    # one row per task, every task exactly once
+    assert len(shards) == sum(quotas.values())
+    assert shards["id"].is_unique
+    assert dict(Counter(shards["leaf"])) == quotas
+
+    final = read_parquet_dir(sdg / "final")
+    assert len(final) == len(shards) and set(final["id"]) == set(shards["id"])
+    assert set(final["status"]) <= {"ok", "dropped"}
+    ok, dropped = final[final["status"] == "ok"], final[final["status"] == "dropped"]
+    assert set(dropped["drop_reason"]) <= REASONS
+    assert (ok["drop_reason"] == "").all() and (ok["drop_stage"] == "").all()
+    for kind, part in dropped.groupby("kind"):
+        assert set(part["drop_stage"]) <= set(stage_order(kind)), (kind, set(part["drop_stage"]))
+    # only the dedup stage drops rows as duplicate after generation; dedup never drops anything else
+    assert set(dropped[dropped["drop_stage"] == "dedup"]["drop_reason"]) <= {"duplicate"}
+    for col in ("question", "answer"):
+        assert ok[col].map(lambda s: isinstance(s, str) and s.strip() != "").all(), col
+
+    samples = read_parquet_dir(run_dir / "samples")
+    assert len(samples) == len(ok)
+    if len(samples):
+        assert sorted(samples["id"]) == sorted(ok["id"])
+        assert (samples["status"] == "ok").all()
+
+    data = run_dir / "data"
+    phases = {p: read_jsonl_dir(data / p) for p in ("knowledge_train", "skills_train")}
+    ids = [r["id"] for rows in phases.values() for r in rows]
+    assert len(ids) == len(set(ids)) == len(ok) and set(ids) == set(ok["id"])
+    by_id = ok.set_index("id")
+    for phase, rows in phases.items():
+        for r in rows:
+            assert [m["role"] for m in r["messages"]] == ["user", "assistant"], r
+            assert all(isinstance(m["content"], str) and m["content"].strip() for m in r["messages"]), r
+            meta = r["metadata"]
+            src = by_id.loc[r["id"]]
+            assert meta["leaf"] == src["leaf"] and meta["branch"] == src["branch"]
+            assert r["messages"][1]["content"] == src["answer"]
+            assert (meta["branch"] == "compositional_skills") == (phase == "skills_train")
+            assert meta["length"] in ("short", "long")
+            if meta["branch"] == "knowledge":
+                assert meta["chunk"].strip() and meta["chunk"] == src["context"]
+
+    import yaml
+
+    recipe = yaml.safe_load((data / "recipe.yaml").read_text())
+    for phase, rows in phases.items():
+        rp = recipe["phases"][phase]
+        assert rp["samples"] == len(rows) and rp["short"] + rp["long"] == len(rows)
+        assert rp["short"] == sum(r["metadata"]["length"] == "short" for r in rows)
+
+    stats = json.loads((data / "stats.json").read_text())
+    assert set(stats["leaves"]) == set(quotas)
+    for leaf, s in stats["leaves"].items():
+        rows = final[final["leaf"] == leaf]
+        leaf_drops = rows[rows["status"] == "dropped"]
+        assert s["rows"] == quotas[leaf] == len(rows)
+        assert s["kept"] == int((rows["status"] == "ok").sum())
+        assert s["dropped"] == dict(Counter(leaf_drops["drop_reason"]))
+        assert s["kept"] + sum(s["dropped"].values()) == s["rows"]
+        assert recipe["leaves"][leaf] == s["kept"]
+        # the funnel: in = kept + dropped at every stage, each stage's in is the previous kept
+        stages = s["stages"]
+        assert [st["stage"] for st in stages] == stage_order(s["kind"])
+        assert stages[0]["in"] == s["rows"] and stages[-1]["kept"] == s["kept"]
+        for prev, st in zip(stages, stages[1:]):
+            assert st["in"] == prev["kept"], (leaf, st)
+        for st in stages:
+            assert st["in"] == st["kept"] + sum(st["dropped"].values()), (leaf, st)
+            expect = leaf_drops[leaf_drops["drop_stage"] == st["stage"]]
+            assert st["dropped"] == dict(Counter(expect["drop_reason"])), (leaf, st)
+    total = stats["total"]
+    assert total["rows"] == sum(quotas.values()) and total["kept"] == len(ok)
+    assert total["dropped"] == dict(Counter(dropped["drop_reason"]))
+    return {"shards": shards, "final": final, "ok": ok, "dropped": dropped, "samples": samples,
+            "phases": phases, "stats": stats, "recipe": recipe}
