@@ -8,14 +8,21 @@ from typing import Dict, List, Optional
 
 @dataclass
 class JudgeConfig:
-    # Keep an instruction when P(yes) from the instruction judge is at least this.
-    instruction_min_prob: float = 0.5
-    # Keep a pair whose 3-point score (1 poor, 2 fair, 3 good) is at least this.
-    pair_min_score: int = 2
-    # Knowledge: minimum P(yes) for faithfulness, relevance and question quality.
-    faithfulness_min_prob: float = 0.5
-    relevance_min_prob: float = 0.5
-    question_min_prob: float = 0.5
+    # Judges are calibrated per leaf (see sdg/calibration.py): a score of 0 is
+    # what the judge gives known-bad references, 1 what it gives the leaf's own
+    # seeds. Thresholds apply to that calibrated score; when a judge cannot
+    # tell the references apart, to its raw P(yes) instead.
+    calibrate: bool = True
+    # Keep an instruction (on-topic, harmless, doable by an LLM) at or above this.
+    instruction_min: float = 0.5
+    # Keep a pair whose 3-point grade (1 poor, 2 fair, 3 good) is at least this.
+    pair_min_score: float = 2.0
+    # Knowledge: faithfulness to the chunk, relevance of the answer, question quality.
+    faithfulness_min: float = 0.5
+    relevance_min: float = 0.5
+    question_min: float = 0.5
+    # Known-good references per leaf and judge (seeds), at most.
+    max_references: int = 6
 
 
 @dataclass

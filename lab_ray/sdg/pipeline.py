@@ -25,10 +25,9 @@ from lab_ray.errors import LabRayError
 from lab_ray.sdg import stages as S
 from lab_ray.sdg.dedup import dedup_leaf
 from lab_ray.sdg.prompts import load_personas, load_prompt
-from lab_ray.sdg.tasks import leaf_tasks, quota
-from lab_ray.sdg.writer import JsonlWriter, ShardWriter, done_ids, shard_files
-
-RANGE = 256  # tasks per descriptor: the unit of fan-out
+from lab_ray.sdg.calibration import load_or_calibrate
+from lab_ray.sdg.tasks import LeafSpec, expand, leaf_spec, ranges
+from lab_ray.sdg.writer import ShardWriter, done_ids, shard_files, write_jsonl
 
 
 @dataclass
@@ -68,23 +67,19 @@ def _tokenizer(cfg):
         return AutoTokenizer.from_pretrained(resolve_model("SmolLM2-135M-Instruct"))
 
 
-def build_plan(cfg) -> tuple[dict, list[dict], int]:
-    """Per-leaf task payloads, descriptors, and the total number of tasks."""
+def build_plan(cfg) -> list[LeafSpec]:
+    """One small spec per selected leaf (examples, chunks, persona, quota)."""
     tax = _select_leaves(cfg)
     personas = load_personas(cfg.sdg.prompts_dir)
     for name in ("skill_context", "skill_instruction", "instruction_judge", "skill_response", "pair_judge",
                  "knowledge_qa", "knowledge_faithfulness", "knowledge_relevance", "knowledge_question"):
         load_prompt(name, cfg.sdg.prompts_dir)  # fail early on a broken prompt file
     tokenizer = _tokenizer(cfg) if any(leaf.is_knowledge for leaf in tax.leaves) else None
-    payloads, descriptors, total = {}, [], 0
+    specs = []
     for leaf in tax.leaves:
         docs = [d.read_text(cfg.taxonomy.documents.max_document_bytes) for d in tax.documents.get(leaf.path, [])]
-        tasks = list(leaf_tasks(leaf, cfg.sdg, personas, docs, tokenizer))
-        payloads[leaf.path] = tasks
-        n = quota(leaf, cfg.sdg)
-        total += n
-        descriptors += [{"leaf": leaf.path, "start": s, "end": min(s + RANGE, n)} for s in range(0, n, RANGE)]
-    return payloads, descriptors, total
+        specs.append(leaf_spec(leaf, cfg.sdg, personas, docs, tokenizer))
+    return specs
 
 
 class SkipDone:
@@ -115,32 +110,38 @@ def run_generation(cfg, teacher_spec: dict) -> GenerateResult:
     shards.mkdir(parents=True, exist_ok=True)
     for tmp in shards.glob("*.tmp"):  # a partial shard from a killed run is never read
         tmp.unlink()
-    payloads, descriptors, total = build_plan(cfg)
-    (out / "plan.json").write_text(json.dumps({"tasks": total, "leaves": {k: len(v) for k, v in payloads.items()},
-                                               "config": OmegaConf.to_container(cfg.sdg)}, indent=1))
+    specs = build_plan(cfg)
+    total = sum(s.quota for s in specs)
+    sdg = OmegaConf.to_container(cfg.sdg, resolve=True)
+    spec_dicts = {s.leaf: s.to_dict() for s in specs}
+    (out / "plan.json").write_text(json.dumps({"tasks": total, "leaves": {s.leaf: s.quota for s in specs},
+                                               "config": sdg}, indent=1))
     done = done_ids(shards)
+    todo = total - len(done)
+    calibration = load_or_calibrate(out / "calibration.json", list(spec_dicts.values()), teacher_spec, sdg) \
+        if todo > 0 else {}
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = bool(cfg.sdg.progress) and not os.environ.get("CI")
     ctx.execution_options.verbose_progress = False
-    sdg = OmegaConf.to_container(cfg.sdg, resolve=True)
-    todo = total - len(done)
     if todo > 0:
-        payload_ref = ray.put(payloads)
+        specs_ref = ray.put(spec_dicts)
+        k = int(cfg.sdg.examples_per_prompt)
 
-        def expand(desc: dict) -> list[dict]:
-            tasks = ray.get(payload_ref)[desc["leaf"]]
-            return tasks[desc["start"]:desc["end"]]
+        def expand_range(desc: dict) -> list[dict]:
+            return list(expand(ray.get(specs_ref)[desc["leaf"]], desc["start"], desc["end"], k))
 
-        ds = ray.data.from_items(descriptors, override_num_blocks=max(1, min(len(descriptors), 64)))
-        ds = ds.flat_map(expand, num_cpus=0.1)
+        descriptors = ranges(specs)
+        ds = ray.data.from_items(descriptors, override_num_blocks=max(1, min(len(descriptors), 200)))
+        ds = ds.flat_map(expand_range, num_cpus=0.1)
         if done:
             done_ref = [ray.put(done)]
             ds = ds.map_batches(SkipDone, fn_constructor_args=(done_ref,), batch_format="pandas",
                                 compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05)
         pool = ray.data.ActorPoolStrategy(size=max(1, int(cfg.sdg.actors_per_stage)))
-        for stage_cls in S.SKILL_PIPELINE + S.KNOWLEDGE_PIPELINE:
-            ds = ds.map_batches(stage_cls, fn_constructor_args=(teacher_spec, sdg), batch_size=cfg.sdg.batch_size,
-                                batch_format="pandas", compute=pool, num_cpus=0.05, max_concurrency=2)
+        for stage_cls in _stages(specs):
+            ds = ds.map_batches(stage_cls, fn_constructor_args=(teacher_spec, sdg, calibration),
+                                batch_size=cfg.sdg.batch_size, batch_format="pandas", compute=pool,
+                                num_cpus=0.05, max_concurrency=2)
         ds = ds.map_batches(ShardWriter, fn_constructor_args=(str(shards),), batch_format="pandas",
                             batch_size=max(cfg.sdg.batch_size, 64), compute=ray.data.ActorPoolStrategy(size=1),
                             num_cpus=0.05)
@@ -148,6 +149,17 @@ def run_generation(cfg, teacher_spec: dict) -> GenerateResult:
             pass
     stats = finalize(cfg, out)
     return GenerateResult(run_dir(cfg), total, len(done), stats)
+
+
+def _stages(specs: list[LeafSpec]) -> list:
+    """Only the stages some selected leaf needs (no idle actor pools)."""
+    kinds = {s.kind for s in specs}
+    stages = []
+    if kinds & {"grounded", "freeform"}:
+        stages += [c for c in S.SKILL_PIPELINE if c is not S.GenerateContext or "grounded" in kinds]
+    if "knowledge" in kinds:
+        stages += S.KNOWLEDGE_PIPELINE
+    return stages
 
 
 def finalize(cfg, out: Path) -> dict:
@@ -160,7 +172,10 @@ def finalize(cfg, out: Path) -> dict:
         raise LabRayError(f"no generated shards under {out / 'shards'}")
     ds = ray.data.read_parquet(files)
     if cfg.sdg.dedup.enabled:
-        ds = ds.groupby("leaf").map_groups(dedup_leaf, fn_args=(cfg.sdg.dedup.near_threshold, cfg.sdg.dedup.num_perm),
+        # One partition per leaf at most: dedup is within a leaf, and fewer
+        # partitions than the default 200 saves most of the shuffle's overhead.
+        n_leaves = len(json.loads((out / "plan.json").read_text())["leaves"])
+        ds = ds.groupby("leaf", num_partitions=max(1, min(n_leaves, 64))).map_groups(dedup_leaf, fn_args=(cfg.sdg.dedup.near_threshold, cfg.sdg.dedup.num_perm),
                                            batch_format="pandas", num_cpus=0.1)
     final_tmp, final = out / "final.tmp", out / "final"
     shutil.rmtree(final_tmp, ignore_errors=True)
@@ -179,8 +194,8 @@ def finalize(cfg, out: Path) -> dict:
     data_tmp, data = run_dir(cfg) / "data.tmp", run_dir(cfg) / "data"
     shutil.rmtree(data_tmp, ignore_errors=True)
     phase_counts = ray.data.read_parquet(str(samples)).map_batches(
-        JsonlWriter, fn_constructor_args=(str(data_tmp), cfg.sdg.long_response_words), batch_format="pandas",
-        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05).take_all()
+        write_jsonl, fn_args=(str(data_tmp), cfg.sdg.long_response_words), batch_format="pandas",
+        num_cpus=0.05).take_all()
     for phase in ("knowledge_train", "skills_train"):
         (data_tmp / phase).mkdir(parents=True, exist_ok=True)
     # stats: small aggregates only

@@ -50,10 +50,12 @@ class TeacherStage:
     stage = ""
     prompt_name = ""
 
-    def __init__(self, teacher_spec: dict, sdg: dict):
+    def __init__(self, teacher_spec: dict, sdg: dict, calibration: dict | None = None):
         self.teacher = make_teacher(teacher_spec)
         self.sdg = sdg
         self.prompt = load_prompt(self.prompt_name, sdg.get("prompts_dir"))
+        # leaf -> [raw score of known-bad references, raw score of known-good ones]
+        self.calibration = (calibration or {}).get(self.stage, {})
 
     knowledge = False  # which branch the stage serves: knowledge rows or skill rows
 
@@ -106,6 +108,43 @@ class TeacherStage:
         return float(probs.get(self.prompt.positive, 0.0))
 
 
+class JudgeStage(TeacherStage):
+    """A judge: one constrained choice per row, a raw score, a calibrated verdict.
+
+    A small teacher's raw P(yes) is biased and squeezed (0.4-0.6 for good and
+    bad rows alike), so a fixed threshold on it keeps noise or drops a whole
+    leaf. Each judge is therefore calibrated per leaf on references it must
+    get right (the leaf's own seeds as known-good, mismatched or off-task
+    rows as known-bad; see calibration.py): the calibrated score is
+    (raw - bad) / (good - bad), so 0.5 means halfway between the two. When the
+    references do not separate, the raw score and raw threshold are used.
+    """
+
+    score_column = ""
+    threshold_key = ""
+    min_separation = 0.02
+
+    def request(self, row):
+        return self.choose(row)
+
+    def raw_score(self, reply) -> float:
+        return self.yes_probability(reply)
+
+    def calibrated(self, leaf: str, raw: float) -> float | None:
+        ref = self.calibration.get(leaf)
+        if not ref or ref[1] - ref[0] < self.min_separation:
+            return None
+        return (raw - ref[0]) / (ref[1] - ref[0])
+
+    def apply(self, row, reply):
+        raw = self.raw_score(reply)
+        cal = self.calibrated(row["leaf"], raw)
+        score = raw if cal is None else cal
+        row[self.score_column] = score
+        if score < self.sdg["judge"][self.threshold_key]:
+            self.drop(row, "judged_out", f"raw={raw:.3f}" + ("" if cal is None else f" calibrated={cal:.2f}"))
+
+
 # -- skills -------------------------------------------------------------------
 class GenerateContext(TeacherStage):
     stage, prompt_name = "gen_context", "skill_context"
@@ -139,16 +178,9 @@ class GenerateInstruction(TeacherStage):
         row["question"] = text
 
 
-class JudgeInstruction(TeacherStage):
+class JudgeInstruction(JudgeStage):
     stage, prompt_name = "judge_instruction", "instruction_judge"
-
-    def request(self, row):
-        return self.choose(row)
-
-    def apply(self, row, reply):
-        row["instruction_score"] = p = self.yes_probability(reply)
-        if p < self.sdg["judge"]["instruction_min_prob"]:
-            self.drop(row, "judged_out", f"P(yes)={p:.2f}")
+    score_column, threshold_key = "instruction_score", "instruction_min"
 
 
 class GenerateResponse(TeacherStage):
@@ -164,19 +196,21 @@ class GenerateResponse(TeacherStage):
         row["answer"] = text
 
 
-class JudgePair(TeacherStage):
+class JudgePair(JudgeStage):
+    """The pair on the 3-point scale: raw = expected grade under the judge's
+    choice probabilities; the calibrated grade is 1 + 2 * calibrated score,
+    so the default threshold 2 means halfway between bad and good references."""
+
     stage, prompt_name = "judge_pair", "pair_judge"
+    score_column, threshold_key = "pair_score", "pair_min_score"
 
-    def request(self, row):
-        return self.choose(row)
-
-    def apply(self, row, reply):
+    def raw_score(self, reply) -> float:
         probs = reply.choice_probs() or {reply.text: 1.0}
-        scores = self.prompt.scores
-        best = max(probs, key=probs.get)
-        row["pair_score"] = float(scores.get(best, 0))
-        if row["pair_score"] < self.sdg["judge"]["pair_min_score"]:
-            self.drop(row, "judged_out", f"grade={best} ({probs.get(best, 0):.2f})")
+        return float(sum(p * self.prompt.scores.get(c, 0) for c, p in probs.items()))
+
+    def calibrated(self, leaf, raw):
+        cal = super().calibrated(leaf, raw)
+        return None if cal is None else 1.0 + 2.0 * min(max(cal, 0.0), 1.0)
 
 
 # -- knowledge ----------------------------------------------------------------
@@ -194,34 +228,25 @@ class GenerateKnowledgeQA(TeacherStage):
         row["question"], row["answer"] = items[0]["question"], items[0]["answer"]
 
 
-class _KnowledgeJudge(TeacherStage):
+class _KnowledgeJudge(JudgeStage):
     knowledge = True
-    score_column = ""
-    threshold_key = ""
-
-    def request(self, row):
-        return self.choose(row)
-
-    def apply(self, row, reply):
-        row[self.score_column] = p = self.yes_probability(reply)
-        if p < self.sdg["judge"][self.threshold_key]:
-            self.drop(row, "judged_out", f"P(yes)={p:.2f}")
 
 
 class JudgeFaithfulness(_KnowledgeJudge):
     stage, prompt_name = "judge_faithfulness", "knowledge_faithfulness"
-    score_column, threshold_key = "faithfulness_score", "faithfulness_min_prob"
+    score_column, threshold_key = "faithfulness_score", "faithfulness_min"
 
 
 class JudgeRelevance(_KnowledgeJudge):
     stage, prompt_name = "judge_relevance", "knowledge_relevance"
-    score_column, threshold_key = "relevance_score", "relevance_min_prob"
+    score_column, threshold_key = "relevance_score", "relevance_min"
 
 
 class JudgeQuestion(_KnowledgeJudge):
     stage, prompt_name = "judge_question", "knowledge_question"
-    score_column, threshold_key = "question_score", "question_min_prob"
+    score_column, threshold_key = "question_score", "question_min"
 
 
 SKILL_PIPELINE = [GenerateContext, GenerateInstruction, JudgeInstruction, GenerateResponse, JudgePair]
 KNOWLEDGE_PIPELINE = [GenerateKnowledgeQA, JudgeFaithfulness, JudgeRelevance, JudgeQuestion]
+JUDGES = [JudgeInstruction, JudgePair, JudgeFaithfulness, JudgeRelevance, JudgeQuestion]

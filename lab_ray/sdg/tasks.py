@@ -6,17 +6,25 @@ from that leaf only, rotating through its examples so each is used evenly
 tasks are spread round-robin over the leaf's document chunks. The sample id
 is a hash of (leaf, example rotation, request index, item), so a rerun with
 the same config produces the same ids.
+
+The driver only builds one small `LeafSpec` per leaf; task rows are expanded
+lazily from (leaf, start, end) ranges inside Ray Data, so a quota of millions
+never materialises in one process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 from lab_ray.sdg.chunking import chunk_text
 from lab_ray.sdg.prompts import persona_for
 from lab_ray.taxonomy.leaf import Leaf
+
+# Tasks per range: the unit of fan-out (and of Ray Data's input blocks).
+RANGE = 256
 
 
 def quota(leaf: Leaf, cfg) -> int:
@@ -47,26 +55,52 @@ def knowledge_examples(leaf: Leaf) -> list[dict]:
     return out
 
 
-def leaf_tasks(leaf: Leaf, cfg, personas: dict[str, str], documents: list[str], tokenizer=None) -> Iterator[dict]:
-    n = quota(leaf, cfg)
-    base = {"leaf": leaf.path, "branch": leaf.branch.value, "kind": leaf.kind,
-            "task_description": leaf.task_description or leaf.domain, "domain": leaf.domain}
+@dataclass
+class LeafSpec:
+    """What every task of one leaf shares; small, shipped to Ray once."""
+
+    leaf: str
+    branch: str
+    kind: str
+    task_description: str
+    domain: str
+    persona: str
+    quota: int
+    examples: list[dict]  # in-context examples (rotated per request)
+    seeds: list[dict] = field(default_factory=list)  # all seed Q/A (calibration references)
+    chunks: list[str] = field(default_factory=list)  # knowledge: document chunks
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def leaf_spec(leaf: Leaf, cfg, personas: dict[str, str], documents: list[str], tokenizer=None) -> LeafSpec:
+    seeds = [_example(e) for e in leaf.examples]
     if leaf.is_knowledge:
         examples = knowledge_examples(leaf)
-        chunks = [c for doc in documents for c in chunk_text(doc, tokenizer, cfg.knowledge.chunk_tokens,
-                                                              cfg.knowledge.chunk_overlap)]
-        if not chunks:
-            chunks = [e["context"] for e in examples]
+        chunks = [c for doc in documents
+                  for c in chunk_text(doc, tokenizer, cfg.knowledge.chunk_tokens, cfg.knowledge.chunk_overlap)]
+        chunks = chunks or [e["context"] for e in examples]
     else:
-        examples = [_example(e) for e in leaf.examples]
-        chunks = []
+        examples, chunks = seeds, []
     persona = personas.get(persona_for(leaf.path, dict(cfg.personas)), personas["default"])
-    for r in range(n):
-        rot = rotation(len(examples), cfg.examples_per_prompt, r)
-        row = {**base, "id": sample_id(leaf.path, rot, r), "request_index": r,
-               "examples": json.dumps([examples[i] for i in rot]), "persona": persona,
-               "context": "", "chunk_index": -1}
-        if leaf.is_knowledge:
-            row["chunk_index"] = r % len(chunks)
-            row["context"] = chunks[row["chunk_index"]]
-        yield row
+    return LeafSpec(leaf.path, leaf.branch.value, leaf.kind, leaf.task_description or leaf.domain or "",
+                    leaf.domain or "", persona, quota(leaf, cfg), examples, seeds, chunks)
+
+
+def expand(spec: dict, start: int, end: int, examples_per_prompt: int) -> Iterator[dict]:
+    """Task rows [start, end) of one leaf, in request order."""
+    examples, chunks = spec["examples"], spec["chunks"]
+    for r in range(start, end):
+        rot = rotation(len(examples), examples_per_prompt, r)
+        chunk = r % len(chunks) if chunks else -1
+        yield {"leaf": spec["leaf"], "branch": spec["branch"], "kind": spec["kind"],
+               "task_description": spec["task_description"], "domain": spec["domain"],
+               "id": sample_id(spec["leaf"], rot, r), "request_index": r,
+               "examples": json.dumps([examples[i] for i in rot]), "persona": spec["persona"],
+               "context": chunks[chunk] if chunks else "", "chunk_index": chunk}
+
+
+def ranges(specs: list[LeafSpec]) -> list[dict]:
+    return [{"leaf": s.leaf, "start": a, "end": min(a + RANGE, s.quota)}
+            for s in specs for a in range(0, s.quota, RANGE)]

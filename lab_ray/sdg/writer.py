@@ -70,29 +70,23 @@ def message_record(r: dict, long_words: int) -> dict:
                                          {"role": "assistant", "content": r["answer"]}], "metadata": meta}
 
 
-class JsonlWriter:
-    """Writes kept rows as messages JSONL shards, split by training phase."""
-
-    def __init__(self, data_dir: str, long_words: int):
-        self.dir = Path(data_dir)
-        self.long_words = long_words
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        counts = []
-        for phase, part in (("knowledge_train", batch[batch["branch"] != "compositional_skills"]),
-                            ("skills_train", batch[batch["branch"] == "compositional_skills"])):
-            if not len(part):
-                continue
-            out = self.dir / phase
-            out.mkdir(parents=True, exist_ok=True)
-            name = out / f"part-{uuid.uuid4().hex}.jsonl"
-            lines, short = [], 0
-            for r in part.sort_values("id").to_dict("records"):
-                rec = message_record(r, self.long_words)
-                short += rec["metadata"]["length"] == "short"
-                lines.append(json.dumps(rec, ensure_ascii=False))
-            tmp = Path(str(name) + ".tmp")
-            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            os.replace(tmp, name)
-            counts.append({"phase": phase, "rows": len(lines), "short": short})
-        return pd.DataFrame(counts, columns=["phase", "rows", "short"])
+def write_jsonl(batch: pd.DataFrame, data_dir: str, long_words: int) -> pd.DataFrame:
+    """Writes kept rows as messages JSONL shards, split by training phase (a Ray Data task)."""
+    counts = []
+    for phase, part in (("knowledge_train", batch[batch["branch"] != "compositional_skills"]),
+                        ("skills_train", batch[batch["branch"] == "compositional_skills"])):
+        if not len(part):
+            continue
+        out = Path(data_dir) / phase
+        out.mkdir(parents=True, exist_ok=True)
+        name = out / f"part-{uuid.uuid4().hex}.jsonl"
+        lines, short = [], 0
+        for r in part.sort_values("id").to_dict("records"):
+            rec = message_record(r, long_words)
+            short += rec["metadata"]["length"] == "short"
+            lines.append(json.dumps(rec, ensure_ascii=False))
+        tmp = Path(str(name) + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(tmp, name)
+        counts.append({"phase": phase, "rows": len(lines), "short": short})
+    return pd.DataFrame(counts, columns=["phase", "rows", "short"])

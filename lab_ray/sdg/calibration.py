@@ -1,0 +1,107 @@
+"""Per-leaf calibration of the judges against references with known verdicts.
+
+Before generation, every judge scores (a) known-good rows: the leaf's own
+seed examples, and (b) known-bad rows built from the same leaf: an answer
+paired with another seed's question, an instruction that asks for a
+real-world action or harm (conf/prompts/calibration.yaml), a seed question
+of another leaf, an off-topic question against the leaf's chunk. The mean
+raw score of each set gives the judge's "bad" and "good" levels for that
+leaf; stages read their verdicts on that scale (stages.JudgeStage).
+
+The result is computed once per run in the driver (a few dozen constrained
+choices per leaf), saved to sdg/calibration.json and reused on resume, so
+verdicts never change between an interrupted and an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from lab_ray.sdg.prompts import prompts_dir
+from lab_ray.sdg.stages import JUDGES, make_teacher
+
+
+def _references(path: str | None) -> dict:
+    file = prompts_dir(path) / "calibration.yaml"
+    data = yaml.safe_load(file.read_text(encoding="utf-8")) if file.exists() else {}
+    return data or {}
+
+
+def _row(spec: dict, **fields) -> dict:
+    return {"leaf": spec["leaf"], "kind": spec["kind"], "task_description": spec["task_description"],
+            "domain": spec["domain"], "persona": spec["persona"], "context": "", "question": "", "answer": "",
+            "examples": "[]", **fields}
+
+
+def reference_rows(stage: str, spec: dict, others: list[str], refs: dict, k: int) -> tuple[list[dict], list[dict]]:
+    """(known-good rows, known-bad rows) for one judge and one leaf."""
+    seeds = spec["seeds"][:k]
+    n = len(seeds)
+    good = [_row(spec, context=s["context"], question=s["question"], answer=s["answer"]) for s in seeds]
+    # A seed's question with the next seed's answer: fluent, on-topic, wrong.
+    swapped = [_row(spec, context=s["context"], question=s["question"], answer=seeds[(i + 1) % n]["answer"])
+               for i, s in enumerate(seeds)] if n > 1 else []
+    if stage == "judge_instruction":
+        bad_text = list(refs.get("bad_instructions", [])) + others[:3]
+        bad = [_row(spec, context=seeds[i % n]["context"], question=q) for i, q in enumerate(bad_text)]
+    elif stage == "judge_question":
+        bad = [_row(spec, context=seeds[i % n]["context"], question=q)
+               for i, q in enumerate(list(refs.get("off_topic_questions", [])) + others[:3])]
+    else:  # judge_pair, judge_faithfulness, judge_relevance
+        bad = swapped
+    return good, bad
+
+
+def calibrate(specs: list[dict], teacher_spec: dict, sdg: dict) -> dict:
+    """{stage: {leaf: [bad level, good level]}} for every judge that applies to a leaf."""
+    teacher = make_teacher(teacher_spec)
+    refs = _references(sdg.get("prompts_dir"))
+    k = int(sdg["judge"]["max_references"])
+    out: dict[str, dict[str, list[float]]] = {}
+    for judge_cls in JUDGES:
+        judge = judge_cls.__new__(judge_cls)  # prompt + scoring only; no teacher of its own
+        judge.sdg, judge.calibration = sdg, {}
+        from lab_ray.sdg.prompts import load_prompt
+
+        judge.prompt = load_prompt(judge.prompt_name, sdg.get("prompts_dir"))
+        calls, index = [], []
+        for spec in specs:
+            if (spec["kind"] == "knowledge") != judge.knowledge or not spec["seeds"]:
+                continue
+            others = [s["seeds"][0]["question"] for s in specs if s["leaf"] != spec["leaf"] and s["seeds"]]
+            good, bad = reference_rows(judge.stage, spec, others, refs, k)
+            for label, rows in (("good", good), ("bad", bad)):
+                for row in rows:
+                    calls.append(judge.request(row))
+                    index.append((spec["leaf"], label))
+        if not calls:
+            continue
+        replies = teacher.run_many(calls)
+        sums: dict[tuple[str, str], list[float]] = {}
+        for key, reply in zip(index, replies):
+            if reply.ok:
+                sums.setdefault(key, []).append(judge.raw_score(reply))
+        levels = out.setdefault(judge.stage, {})
+        for leaf in {leaf for leaf, _ in index}:
+            good, bad = sums.get((leaf, "good")), sums.get((leaf, "bad"))
+            if good and bad:
+                levels[leaf] = [sum(bad) / len(bad), sum(good) / len(good)]
+    close = getattr(teacher, "close", None)
+    if close:
+        close()
+    return out
+
+
+def load_or_calibrate(path: Path, specs: list[dict], teacher_spec: dict, sdg: dict) -> dict:
+    if not sdg["judge"]["calibrate"]:
+        return {}
+    if path.exists():
+        return json.loads(path.read_text())
+    result = calibrate(specs, teacher_spec, sdg)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
+    tmp.replace(path)
+    return result
