@@ -24,6 +24,7 @@ STAGE_COMMANDS = [
     "lab_ray.sdg.commands",
     "lab_ray.train.commands",
     "lab_ray.eval.commands",
+    "lab_ray.report.commands",
     "lab_ray.pipeline.commands",
     "lab_ray.pipeline.submit",
 ]

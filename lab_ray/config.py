@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lab_ray.errors import ConfigError
 from lab_ray.eval.config import EvalConfig
+from lab_ray.report.config import ReportConfig
 from lab_ray.pipeline.config import SubmitConfig
 from lab_ray.sdg.config import SDGConfig
 from lab_ray.taxonomy.config import TaxonomyConfig
@@ -62,6 +63,7 @@ class LabRayConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 def conf_dir() -> Path:

@@ -1,0 +1,1 @@
+"""Run report: Markdown + HTML with PNG plots, and a dataset card."""
