@@ -24,6 +24,10 @@ TEMPLATES = {
         "{% endif %}"),
 }
 
+# What each template appends after an assistant's content (trained on, so the model learns to stop).
+END = {"native (SmolLM2/ChatML)": "<|im_end|>\n", "llama2-inst": "EOS", "zephyr": "EOS\n",
+       "granite-style": "<|end_of_text|>\n"}
+
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of Varrow?"},
      {"role": "assistant", "content": "Port Ell is the capital."}],
@@ -74,7 +78,7 @@ def test_labels_cover_exactly_the_assistant_turns(base_tok, template, conv):
         assert run.lstrip().startswith(content), (run, content)
         tail = run.lstrip()[len(content):]
         assert not any(m["content"] in tail for m in msgs if m["role"] != "assistant"), tail
-        assert len(tok(tail, add_special_tokens=False)["input_ids"]) <= 3, f"unexpected extra text {tail!r}"
+        assert tail == END[template].replace("EOS", tok.eos_token), f"unexpected extra text {tail!r}"
     # Everything outside those runs is masked: user and system text never labelled.
     masked = tok.decode([i for i, l in zip(ids, labels) if l == IGNORE])
     for m in msgs:
