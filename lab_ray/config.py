@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lab_ray.errors import ConfigError
 from lab_ray.eval.config import EvalConfig
 from lab_ray.report.config import ReportConfig
-from lab_ray.pipeline.config import SubmitConfig
+from lab_ray.pipeline.config import PipelineConfig, SubmitConfig
 from lab_ray.sdg.config import SDGConfig
 from lab_ray.taxonomy.config import TaxonomyConfig
 from lab_ray.teacher.config import TeacherConfig
@@ -62,6 +62,7 @@ class LabRayConfig:
     sdg: SDGConfig = field(default_factory=SDGConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 

@@ -20,3 +20,17 @@ class SubmitConfig:
     entrypoint_num_gpus: float = 0.0
     # Seconds between status polls while streaming logs.
     poll_interval_s: float = 1.0
+
+
+@dataclass
+class PipelineConfig:
+    """`lab-ray run`: which steps run and how checkpoints are chosen."""
+
+    # Pick checkpoints by what the taxonomy taught (MMLU-branch accuracy for
+    # the knowledge phase, MT-Bench-branch score for skills) with held-out
+    # loss alongside; false keeps train.selection as configured.
+    select_by_eval: bool = True
+    # Score the base model too, for the before/after table of the report.
+    eval_base: bool = True
+    # Stop (non-zero exit) when a leaf ends generation with no accepted sample.
+    require_every_leaf: bool = False

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 
+from omegaconf import OmegaConf
+
 from rich.console import Console
 from rich.table import Table
 
@@ -37,7 +39,13 @@ def teacher_endpoint(cfg):
 
 def generate(cfg):
     from lab_ray.sdg.pipeline import _teacher_spec, run_generation
+    from lab_ray.teacher.app import init_ray
 
+    if cfg.sdg.test_teacher:  # tests and benchmarks: an in-process test teacher, no endpoint
+        init_ray(cfg.ray)
+        spec = {"kind": "python", "factory": cfg.sdg.test_teacher,
+                "args": OmegaConf.to_container(cfg.sdg.test_teacher_args, resolve=True)}
+        return run_generation(cfg, spec)
     with teacher_endpoint(cfg) as (url, key):
         return run_generation(cfg, _teacher_spec(cfg, url, key))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 
 @dataclass
@@ -79,3 +79,7 @@ class SDGConfig:
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     progress: bool = True  # live Ray Data progress bars (off when CI is set)
+    # Tests and benchmarks only: "module:callable" of an in-process test teacher
+    # (e.g. lab_ray.sdg.fake_teachers:InstantTeacher) used instead of any endpoint.
+    test_teacher: Optional[str] = None
+    test_teacher_args: Dict[str, Any] = field(default_factory=dict)

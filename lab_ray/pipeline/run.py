@@ -1,0 +1,124 @@
+"""`lab-ray run`: taxonomy -> teacher -> generate -> train (+ select) -> eval -> report.
+
+Each step is recorded in runs/<name>/run.json when it finishes, and each
+step resumes on its own (generation from complete shards, training from its
+phase journal), so rerunning the same command after a crash or Ctrl-C picks
+up where it stopped. One teacher serves the whole run: generation, the
+evaluation sets, the skills judge during checkpoint selection and the final
+comparison all reach it through `teacher.base_url`, which is set for the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from rich.console import Console
+
+from lab_ray.config import run_dir
+from lab_ray.errors import LabRayError
+
+STEPS = ("validate", "generate", "train", "eval", "report")
+
+
+class RunJournal:
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {"steps": {}}
+
+    def done(self, step: str) -> bool:
+        return self.data["steps"].get(step, {}).get("status") == "done"
+
+    def finish(self, step: str, **info) -> None:
+        self.data["steps"][step] = {"status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        os.replace(tmp, self.path)
+
+
+def _validate(cfg, console: Console):
+    from lab_ray.taxonomy.loader import load_taxonomy
+    from lab_ray.taxonomy.stats import stats_table
+
+    tax = load_taxonomy(cfg.taxonomy.path, cfg.taxonomy)
+    for p in tax.problems:
+        print(str(p), file=sys.stderr)
+    tax.raise_for_errors()
+    console.print(stats_table(tax.leaves))
+    return tax
+
+
+def _use_eval_selection(cfg) -> None:
+    if cfg.pipeline.select_by_eval:
+        cfg.train.selection.scorers = ["lab_ray.eval.selection:phase_score", "lab_ray.train.selection:heldout_loss"]
+        cfg.train.selection.metric = "phase_score"
+        cfg.train.selection.mode = "max"
+
+
+def _empty_leaves(stats: dict, leaves) -> list[str]:
+    return [leaf.path for leaf in leaves if stats["leaves"].get(leaf.path, {}).get("kept", 0) == 0]
+
+
+def run_pipeline(cfg) -> dict:
+    from lab_ray.sdg.commands import summary_table, teacher_endpoint
+    from lab_ray.sdg.pipeline import _teacher_spec, run_generation
+
+    console = Console()
+    rdir = run_dir(cfg)
+    journal = RunJournal(rdir / "run.json")
+    t_start = time.time()
+    console.rule(f"lab-ray run {cfg.run.name}: validate {cfg.taxonomy.path}")
+    tax = _validate(cfg, console)
+    journal.finish("validate", leaves=len(tax.leaves))
+    OmegaConf.save(cfg, rdir / "config.yaml")
+    pending = not all(journal.done(step) for step in ("generate", "train", "eval"))
+    with teacher_endpoint(cfg) if pending else contextlib.nullcontext((None, None)) as (url, key):
+        # Everything after this point reaches the same teacher.
+        cfg.teacher.base_url = url
+        if key:
+            cfg.teacher.api_key = key
+        if not journal.done("generate"):
+            console.rule("generate: taxonomy-driven synthetic data (teacher generates and judges)")
+            t0 = time.time()
+            result = run_generation(cfg, _teacher_spec(cfg, url, key))
+            console.print(summary_table(result.stats))
+            empty = _empty_leaves(result.stats, tax.leaves)
+            if empty:
+                msg = f"no accepted samples for: {', '.join(empty)}"
+                if cfg.pipeline.require_every_leaf:
+                    raise LabRayError(msg + " (raise sdg.samples_per_leaf, or set pipeline.require_every_leaf=false)")
+                console.print(f"[yellow]warning: {msg}[/]")
+            journal.finish("generate", wall_s=time.time() - t0, kept=result.stats["total"]["kept"],
+                           empty_leaves=empty)
+        if not journal.done("train"):
+            from lab_ray.train.commands import summary_table as train_table
+            from lab_ray.train.phases import run_training
+
+            console.rule("train: knowledge (short, long) -> select -> skills + replay -> select")
+            t0 = time.time()
+            _use_eval_selection(cfg)
+            trained = run_training(cfg)
+            console.print(train_table(trained))
+            journal.finish("train", wall_s=time.time() - t0, final_checkpoint=trained["final_checkpoint"])
+        final = journal.data["steps"]["train"]["final_checkpoint"]
+        if not journal.done("eval"):
+            from lab_ray.eval.runner import run_eval
+
+            console.rule(f"eval: {final} vs the base model")
+            t0 = time.time()
+            result = run_eval(cfg, final, base=bool(cfg.pipeline.eval_base))
+            journal.finish("eval", wall_s=time.time() - t0, path=result["path"], summary=result["summary"])
+    from lab_ray.report.builder import write_report
+
+    console.rule("report")
+    report = write_report(rdir, cfg)
+    journal.finish("report", path=str(report))
+    console.print(f"done in {time.time() - t_start:.0f} s. model: {final}")
+    console.print(f"report: {report}")
+    return journal.data
