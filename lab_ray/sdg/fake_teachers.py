@@ -17,7 +17,9 @@ one reply per call, in order, never raising.
   same reply (resume tests can compare id sets). A constrained choice returns
   the positive choice ("yes", or "good" on the 3-point scale) with high
   probability, or, for `reject_fraction` of the requests (by hash), the
-  negative one.
+  negative one ("no", "poor"). With `repeat_fraction`, that share of rows
+  (chosen by the row's seed) get replies that ignore the seed and the
+  examples, so they repeat each other within a leaf and dedup has work.
 - `FaultyTeacher`: an InstantTeacher of which a fraction of requests, chosen
   by a hash of the request (so the schedule is the same on every run), come
   back as failures (timeout, http_500, ...) or as garbage the stages cannot
@@ -83,10 +85,11 @@ class InstantTeacher:
     """Well-formed deterministic replies for every SDG stage, with no model behind them."""
 
     def __init__(self, words: int = 12, latency_s: float = 0.0, reject_fraction: float = 0.0,
-                 log_dir: str | None = None):
+                 repeat_fraction: float = 0.0, log_dir: str | None = None):
         self.words = int(words)
         self.latency_s = float(latency_s)  # per run_many call: lets a test catch a run part-way
         self.reject_fraction = float(reject_fraction)
+        self.repeat_fraction = float(repeat_fraction)
         self.log_dir = Path(log_dir) if log_dir else None
         self._log_name = f"teacher-{os.getpid()}-{uuid.uuid4().hex[:8]}.log"
         self._lock = threading.Lock()
@@ -113,8 +116,17 @@ class InstantTeacher:
     def reply(self, kind: str, kwargs: dict) -> tuple[TeacherReply, str]:
         digest = request_digest(kind, kwargs)
         if kind == "choose":
-            return self.choose(kwargs, digest), "ok"
+            reply = self.choose(kwargs, digest)
+            return reply, ("rejected" if reply.text in NEGATIVE else "ok")
         if kind in ("chat", "complete"):
+            seed = kwargs.get("seed")
+            if self.repeat_fraction and seed is not None and \
+                    unit(str(seed).encode(), "repeat") < self.repeat_fraction:
+                messages = kwargs.get("messages") or []
+                # the system prompt and the row's own request only: the same for such rows of a leaf
+                digest = request_digest(kind, {"system": messages[0] if messages else None,
+                                               "last": messages[-1] if messages else None})
+                return self.chat(kwargs, digest), "repeat"
             return self.chat(kwargs, digest), "ok"
         return TeacherReply(False, error="client_error", detail=f"unknown call {kind!r}"), "error"
 

@@ -1,0 +1,145 @@
+"""Resume: SIGKILL a real generate process part-way, rerun, and get exactly the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from sdg_helpers import SAMPLE_LEAVES, check_run, faulty_spec, read_jsonl_dir, read_parquet_dir, sdg_config
+
+from lab_ray.sdg.fake_teachers import read_fates
+
+DRIVER = Path(__file__).with_name("drive_generate.py")
+QUOTA = 64  # per leaf; shards hold up to 64 rows, so a run writes several
+OVERRIDES = [f"sdg.samples_per_leaf={QUOTA}", "sdg.batch_size=8", "sdg.seed=7"]
+
+
+def _spec(tmp_path: Path, name: str, latency_s: float = 0.0) -> dict:
+    # A deterministic teacher with faults: dropped rows must resume exactly like kept ones.
+    return faulty_spec(fraction=0.3, latency_s=latency_s, log_dir=str(tmp_path / f"log-{name}"))
+
+
+def _driver(tmp_path: Path, spec: dict, name: str) -> subprocess.Popen:
+    env = {**os.environ, "CI": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    args = [sys.executable, str(DRIVER), json.dumps(spec), f"run.root={tmp_path / 'runs'}", f"run.name={name}",
+            "sdg.progress=false", "ray.num_cpus=4", f"taxonomy.path={Path(__file__).parents[2] / 'taxonomy'}",
+            *OVERRIDES]
+    log = open(tmp_path / f"{name}-{time.monotonic_ns()}.log", "w")
+    # Own session: the driver, the Ray cluster it starts and its workers share one process group.
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, text=True)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _wait(proc: subprocess.Popen, log_glob: Path, timeout: float) -> dict:
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    text = "\n".join(p.read_text() for p in sorted(log_glob.parent.glob(log_glob.name)))
+    assert code == 0, text[-3000:]
+    line = [ln for ln in text.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def test_sigkill_part_way_then_resume_equals_an_uninterrupted_run(ray_cluster, tmp_path):
+    total = QUOTA * len(SAMPLE_LEAVES)
+    quotas = {leaf: QUOTA for leaf in SAMPLE_LEAVES}
+    shards = tmp_path / "runs" / "resumed" / "sdg" / "shards"
+
+    # 1. Start the run, slowed down by a per-batch teacher latency, and SIGKILL the driver once
+    #    some shards are complete (and before the last one).
+    proc = _driver(tmp_path, _spec(tmp_path, "killed", latency_s=0.6), "resumed")
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list(shards.glob("part-*.parquet"))) >= 2:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before it could be killed part-way"
+        assert len(list(shards.glob("part-*.parquet"))) >= 2, "no shard was written in time"
+        os.kill(proc.pid, signal.SIGKILL)  # kill -9 of the driver, nothing else
+        proc.wait(timeout=30)
+    finally:
+        # Ray's own reaper takes the local cluster down with the driver; whatever is left of
+        # the process group this test started is killed so it cannot write into the rerun.
+        for _ in range(100):
+            if not _group_alive(proc.pid):
+                break
+            time.sleep(0.2)
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+
+    done_before = set()
+    for f in shards.glob("part-*.parquet"):
+        done_before.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
+    assert 0 < len(done_before) < total, "the kill must land part-way"
+    # A shard being written when the kill landed is a .tmp that must never be read: plant
+    # one with truncated Parquet bytes (and rows that would duplicate real ones) to be sure.
+    some_shard = sorted(shards.glob("part-*.parquet"))[0]
+    (shards / "part-ffffffffffffffffffffffffffffffff.parquet.tmp").write_bytes(some_shard.read_bytes()[:-100])
+
+    # 2. The same command again resumes: the work done is not redone.
+    resumed = _wait(_driver(tmp_path, _spec(tmp_path, "rerun"), "resumed"), tmp_path / "resumed-*.log", 420)
+    assert resumed["tasks"] == total and resumed["resumed"] == len(done_before)
+    run_resumed = tmp_path / "runs" / "resumed"
+    got = check_run(run_resumed, quotas)  # every task exactly once, all counts add up
+    # every request of the rerun is for a task that was not done: far fewer than a full run makes
+    rerun_requests = len(read_fates(tmp_path / "log-rerun"))
+    assert rerun_requests > 0
+
+    # 3. An uninterrupted run with the same seed and teacher, in this process.
+    from lab_ray.sdg.pipeline import run_generation
+
+    cfg = sdg_config(tmp_path / "runs", "straight", *OVERRIDES)
+    straight = run_generation(cfg, _spec(tmp_path, "straight"))
+    assert straight.resumed == 0 and straight.tasks == total
+    ref = check_run(tmp_path / "runs" / "straight", quotas)
+    full_requests = len(read_fates(tmp_path / "log-straight"))
+    assert rerun_requests < full_requests
+
+    # Equal: the same accepted ids, the same verdict on every dropped row, the same training files.
+    assert set(got["ok"]["id"]) == set(ref["ok"]["id"]) and len(got["ok"]) > 0
+    verdict = lambda df: dict(zip(df["id"], zip(df["status"], df["drop_stage"], df["drop_reason"])))  # noqa: E731
+    assert verdict(got["final"]) == verdict(ref["final"])
+    for phase in ("knowledge_train", "skills_train"):
+        a = {r["id"]: r["messages"] for r in read_jsonl_dir(run_resumed / "data" / phase)}
+        b = {r["id"]: r["messages"] for r in read_jsonl_dir(tmp_path / "runs" / "straight" / "data" / phase)}
+        assert a == b
+    assert got["stats"]["leaves"] == ref["stats"]["leaves"]
+    assert not list(shards.glob("*.tmp"))
+    # nothing lost, nothing duplicated: the resumed shards hold each id once (check_run) and the
+    # ids from before the kill are still there, untouched
+    assert done_before <= set(read_parquet_dir(shards)["id"])
+
+
+def test_rerun_of_a_finished_run_does_no_teacher_work(ray_cluster, tmp_path):
+    from lab_ray.sdg.pipeline import run_generation
+
+    cfg = sdg_config(tmp_path, "again", "sdg.samples_per_leaf=5",
+                     "sdg.leaves=[foundational_skills/reasoning/arithmetic_word_problems]")
+    first = run_generation(cfg, _spec(tmp_path, "first"))
+    again = run_generation(cfg, _spec(tmp_path, "again"))
+    assert (first.tasks, first.resumed, again.tasks, again.resumed) == (5, 0, 5, 5)
+    assert not (tmp_path / "log-again").exists() or read_fates(tmp_path / "log-again") == []
+    assert again.stats["leaves"] == first.stats["leaves"]
+    check_run(tmp_path / "again", {"foundational_skills/reasoning/arithmetic_word_problems": 5})
+
+
+pytestmark = pytest.mark.slow
