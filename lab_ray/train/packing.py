@@ -78,21 +78,45 @@ def pack_stream(rows: Iterable[dict], capacity: int, window: int = 256, split_sa
         if len(cur):
             yield cur
         return
+    # Streaming FFD: each window of samples is placed, longest first, into the first open
+    # bin with room. Bins stay open across windows until nothing seen could still fit,
+    # and at most `window` stay open, so memory is bounded and the tail of one window
+    # fills the gaps left by the previous one.
     buf: list[dict] = []
+    open_bins: list[list] = []  # [free tokens, samples]
 
-    def flush() -> Iterator[Bin]:
-        for group in ffd_bins([len(s["input_ids"]) for s in buf], capacity):
-            yield _bin([buf[i] for i in group])
+    def place() -> Iterator[Bin]:
+        buf.sort(key=lambda s: -len(s["input_ids"]))
+        smallest = len(buf[-1]["input_ids"])
+        for s in buf:
+            n = len(s["input_ids"])
+            if n > capacity:
+                raise ValueError(f"sample of {n} tokens exceeds bin capacity {capacity}")
+            for b in open_bins:
+                if n <= b[0]:
+                    b[0] -= n
+                    b[1].append(s)
+                    break
+            else:
+                open_bins.append([capacity - n, [s]])
         buf.clear()
+        open_bins.sort(key=lambda b: b[0])  # fullest first
+        done = sum(1 for b in open_bins if b[0] < smallest)  # nothing this small fits any more
+        done = max(done, len(open_bins) - window)  # bound the open bins
+        for b in open_bins[:done]:
+            yield _bin(b[1])
+        del open_bins[:done]
 
     for s in rows:
         if len(s["input_ids"]) == 0:  # over-length rows arrive empty; they were counted upstream
             continue
         buf.append(s)
         if len(buf) >= window:
-            yield from flush()
+            yield from place()
     if buf:
-        yield from flush()
+        yield from place()
+    for b in open_bins:
+        yield _bin(b[1])
 
 
 @dataclass

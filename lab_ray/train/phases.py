@@ -66,10 +66,6 @@ def _files(ddir: Path, sub: str) -> list[str]:
     return sorted(glob.glob(str(ddir / sub / "*.jsonl")))
 
 
-def _keep(row) -> bool:
-    return row["over_length"] == 0
-
-
 def _datasets(cfg, phase: str, model_dir: str):
     from lab_ray.train.tokenize import tokenized_dataset
 
@@ -93,8 +89,8 @@ def _datasets(cfg, phase: str, model_dir: str):
     stats["kept"] = stats["rows"] - stats["dropped_over_length"]
     replay_ds = None
     if replay and pc.replay_ratio > 0 and _files(ddir, replay[0]):
-        replay_ds = tokenized_dataset(_files(ddir, replay[0]), length=replay[1], **common).filter(_keep)
-    return tok.filter(_keep), replay_ds, stats
+        replay_ds = tokenized_dataset(_files(ddir, replay[0]), length=replay[1], **common).filter(expr="over_length == 0")
+    return tok.filter(expr="over_length == 0"), replay_ds, stats
 
 
 def _total_steps(cfg, phase: str, stats: dict, has_replay: bool) -> int:

@@ -36,10 +36,18 @@ def _row(i: int, kind: str, rng: random.Random, long: bool) -> dict:
     return {"id": f"{kind}-{'long' if long else 'short'}-{i}", "messages": messages, "metadata": meta}
 
 
+def _overlong(i: int) -> dict:
+    row = _row(i, "knowledge", random.Random(i), False)
+    row["id"] = f"knowledge-overlong-{i}"
+    row["messages"][-1]["content"] += " and so on" * 400  # far beyond any test max_seq_len
+    return row
+
+
 def write_run_data(data_dir: Path, n_knowledge_short=40, n_knowledge_long=16, n_skills=40, seed=0,
-                   parts: int = 2) -> Path:
+                   parts: int = 2, n_overlong: int = 0) -> Path:
     rng = random.Random(seed)
-    groups = {"knowledge_train": [_row(i, "knowledge", rng, False) for i in range(n_knowledge_short)]
+    groups = {"knowledge_train": [_overlong(5000 + i) for i in range(n_overlong)]
+              + [_row(i, "knowledge", rng, False) for i in range(n_knowledge_short)]
               + [_row(1000 + i, "knowledge", rng, True) for i in range(n_knowledge_long)],
               "skills_train": [_row(i, "grounded" if i % 2 else "freeform", rng, False) for i in range(n_skills)]}
     for sub, rows in groups.items():
