@@ -11,6 +11,7 @@ sizes are recorded for `/v1/stats` (tests assert on them, not on timing).
 import asyncio
 import hmac
 import os
+import time
 from collections import Counter, deque
 
 from fastapi import FastAPI, Request
@@ -72,6 +73,7 @@ class CPUTeacher:
         # What the deployment records about its batches (for /v1/stats; tests assert on it).
         self.recent_batch_sizes: deque[int] = deque(maxlen=1000)
         self.batch_histogram: Counter[int] = Counter()
+        self.engine_seconds = 0.0  # time inside Engine.run: busy fraction = its growth / wall time
         batching = cfg.get("batching", {})
         self._generate_unit.set_max_batch_size(int(batching.get("max_batch_size", 8)))
         self._generate_unit.set_batch_wait_timeout_s(float(batching.get("batch_wait_timeout_s", 0.05)))
@@ -84,6 +86,7 @@ class CPUTeacher:
         return await asyncio.to_thread(self._run_batch, units)
 
     def _run_batch(self, units: list[GenUnit]) -> list[GenResult | Exception]:
+        start = time.perf_counter()
         try:
             return self.engine.run(units)
         except Exception:
@@ -96,6 +99,8 @@ class CPUTeacher:
                 except Exception as e:  # noqa: PERF203
                     out.append(e)
             return out
+        finally:
+            self.engine_seconds += time.perf_counter() - start
 
     # -- helpers --------------------------------------------------------------
     def _check(self, request: Request | str | None, model: str) -> None:
@@ -154,7 +159,8 @@ class CPUTeacher:
         return {"batches": sum(self.batch_histogram.values()),
                 "units": sum(k * v for k, v in self.batch_histogram.items()),
                 "batch_size_histogram": {str(k): v for k, v in sorted(self.batch_histogram.items())},
-                "recent_batch_sizes": list(self.recent_batch_sizes)}
+                "recent_batch_sizes": list(self.recent_batch_sizes),
+                "engine_seconds": round(self.engine_seconds, 4)}
 
     # -- in-cluster calls through a DeploymentHandle (no HTTP) -----------------
     async def call(self, route: str, body: dict, authorization: str | None = None) -> dict:
