@@ -157,9 +157,6 @@ def _long_sentences(n=30):
                     for i in range(n))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: chunk_text snaps a chunk's end back to a sentence/paragraph break up "
-                                       "to half the window, but the next chunk still starts chunk_tokens-overlap "
-                                       "tokens after the previous start, so the text in between is in no chunk")
 @pytest.mark.parametrize("doc, size, overlap", [(VARROW, 100, 20), (VARROW, 64, 8), (_long_sentences(), 320, 48)],
                          ids=["varrow-100", "varrow-64", "long-sentences-default"])
 def test_chunks_cover_the_whole_document_with_overlap(tokenizer, doc, size, overlap):

@@ -32,7 +32,7 @@ def _row_fates(log_dir: Path) -> Counter:
 def test_faulty_teacher_30_percent_the_run_completes_with_exact_counts(ray_cluster, tmp_path):
     from lab_ray.sdg.pipeline import run_generation
 
-    quota = 40
+    quota = 30
     cfg = sdg_config(tmp_path, "faulty", f"sdg.samples_per_leaf={quota}", "sdg.batch_size=16")
     result = run_generation(cfg, faulty_spec(fraction=0.3, garbage_share=0.5, log_dir=str(tmp_path / "log")))
     got = check_run(tmp_path / "faulty", {leaf: quota for leaf in SAMPLE_LEAVES})
@@ -60,8 +60,9 @@ def test_faulty_teacher_30_percent_the_run_completes_with_exact_counts(ray_clust
     stages_hit = {stage for stage, _ in per_stage}
     assert {"gen_context", "gen_instruction", "judge_instruction", "gen_response", "judge_pair", "gen_qa",
             "judge_faithfulness", "judge_relevance", "judge_question"} <= stages_hit, per_stage
-    # every failed row says what happened
-    assert dropped["drop_detail"].map(bool).all()
+    # a teacher failure says what happened (garbage may be an empty text, its detail too)
+    errors = dropped[dropped["drop_reason"] == "teacher_error"]
+    assert errors["drop_detail"].str.contains("injected by FaultyTeacher").all()
     assert 0 < len(got["ok"]) < result.tasks
 
 
@@ -107,9 +108,6 @@ def test_community_taxonomy_end_to_end_with_the_instant_teacher(ray_cluster, tmp
         assert norm(r["metadata"]["chunk"]) in docs[r["metadata"]["leaf"]]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: finalize crashes (FileNotFoundError on os.replace(samples.tmp, "
-                                       "samples)) when no row is accepted: Ray writes no samples directory for "
-                                       "an empty dataset")
 def test_a_run_where_every_row_is_dropped_completes_with_empty_outputs(ray_cluster, tmp_path):
     """A weak teacher's judges can reject everything of a tiny quota: that is a result, not a crash."""
     import json

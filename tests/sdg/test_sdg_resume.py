@@ -65,7 +65,7 @@ def test_sigkill_part_way_then_resume_equals_an_uninterrupted_run(ray_cluster, t
     # 1. Start the run, slowed down by a per-batch teacher latency, and SIGKILL the driver once
     #    some shards are complete (and before the last one).
     proc = _driver(tmp_path, _spec(tmp_path, "killed", latency_s=0.6), "resumed")
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if len(list(shards.glob("part-*.parquet"))) >= 2:
@@ -96,7 +96,7 @@ def test_sigkill_part_way_then_resume_equals_an_uninterrupted_run(ray_cluster, t
     (shards / "part-ffffffffffffffffffffffffffffffff.parquet.tmp").write_bytes(some_shard.read_bytes()[:-100])
 
     # 2. The same command again resumes: the work done is not redone.
-    resumed = _wait(_driver(tmp_path, _spec(tmp_path, "rerun"), "resumed"), tmp_path / "resumed-*.log", 420)
+    resumed = _wait(_driver(tmp_path, _spec(tmp_path, "rerun"), "resumed"), tmp_path / "resumed-*.log", 900)
     assert resumed["tasks"] == total and resumed["resumed"] == len(done_before)
     run_resumed = tmp_path / "runs" / "resumed"
     got = check_run(run_resumed, quotas)  # every task exactly once, all counts add up
@@ -143,3 +143,32 @@ def test_rerun_of_a_finished_run_does_no_teacher_work(ray_cluster, tmp_path):
 
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.mark.xfail(strict=True, reason="bug: run_generation computes todo = total - len(done) over ALL ids in the "
+                                       "shards, so shards of tasks not in the current plan (another sdg.leaves or a "
+                                       "smaller quota on the same run name) make it skip generation; finalize then "
+                                       "reports the old rows and the planned leaf gets none")
+def test_resume_only_counts_work_of_the_current_plan(ray_cluster, tmp_path):
+    import pandas as pd
+    import pyarrow as pa
+
+    from lab_ray.errors import LabRayError
+    from lab_ray.sdg.pipeline import run_generation
+    from lab_ray.sdg.stages import empty_columns
+
+    old, new = "compositional_skills/writing/poetry/haiku", "foundational_skills/reasoning/arithmetic_word_problems"
+    shards = tmp_path / "plan" / "sdg" / "shards"
+    shards.mkdir(parents=True)
+    # what a previous run of the same run name with sdg.leaves=[haiku] left behind
+    df = empty_columns(pd.DataFrame([{"id": f"old-{i}", "leaf": old, "branch": "compositional_skills",
+                                      "kind": "freeform", "context": "", "chunk_index": -1, "question": "Q?",
+                                      "answer": f"A {i}."} for i in range(3)]))
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), shards / "part-old.parquet")
+    cfg = sdg_config(tmp_path, "plan", "sdg.samples_per_leaf=3", f"sdg.leaves=[{new}]")
+    try:
+        result = run_generation(cfg, _spec(tmp_path, "plan"))
+    except LabRayError:
+        return  # refusing a run directory made for another plan is a fine answer too
+    assert result.resumed == 0
+    assert result.stats["leaves"].get(new, {}).get("rows") == 3, result.stats["leaves"]
