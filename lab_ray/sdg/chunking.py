@@ -7,6 +7,7 @@ break so a chunk does not start or end mid-sentence where that is possible.
 
 from __future__ import annotations
 
+import bisect
 import re
 
 
@@ -22,8 +23,8 @@ def chunk_text(text: str, tokenizer, chunk_tokens: int, overlap: int) -> list[st
     offsets = enc["offset_mapping"]
     if len(offsets) <= chunk_tokens:
         return [text]
+    ends = [e for _, e in offsets]
     chunks, start_tok = [], 0
-    step = max(1, chunk_tokens - overlap)
     while start_tok < len(offsets):
         end_tok = min(start_tok + chunk_tokens, len(offsets))
         start_char, end_char = offsets[start_tok][0], offsets[end_tok - 1][1]
@@ -32,8 +33,12 @@ def chunk_text(text: str, tokenizer, chunk_tokens: int, overlap: int) -> list[st
             cut = max(window.rfind("\n\n"), window.rfind(". "))
             if cut > len(window) // 2:
                 end_char = start_char + cut + 1
+                # the chunk now ends at the last token inside the snapped end
+                end_tok = max(start_tok + 1, bisect.bisect_right(ends, end_char))
         chunks.append(text[start_char:end_char].strip())
         if end_tok >= len(offsets):
             break
-        start_tok += step
+        # The next chunk starts `overlap` tokens before this one's (snapped)
+        # end, so every token of the document is in some chunk.
+        start_tok = max(start_tok + 1, end_tok - overlap)
     return [c for c in chunks if c]

@@ -54,6 +54,6 @@ def clean_single(text: str, max_chars: int = 2000) -> str | None:
     text = _LEADS.sub("", text).strip()
     text = re.sub(r"^(?:\[\s*\w+\s*\]|\w+:)\s*", "", text) if re.match(r"^\[\s*(question|task)\s*\]", text, re.I) else text
     text = text.strip().strip('"').strip()
-    if len(text) < 3 or not re.search(r"[A-Za-z]", text) or len(text) > max_chars:
+    if len(text) < 3 or not any(ch.isalpha() for ch in text) or len(text) > max_chars:
         return None
     return text

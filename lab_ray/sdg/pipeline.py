@@ -180,6 +180,7 @@ def finalize(cfg, out: Path) -> dict:
     final_tmp, final = out / "final.tmp", out / "final"
     shutil.rmtree(final_tmp, ignore_errors=True)
     ds.write_parquet(str(final_tmp))
+    final_tmp.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(final_tmp, final)
     all_rows = ray.data.read_parquet(str(final))
@@ -188,6 +189,7 @@ def finalize(cfg, out: Path) -> dict:
     shutil.rmtree(samples_tmp, ignore_errors=True)
     kept = all_rows.filter(lambda r: r["status"] == "ok")
     kept.write_parquet(str(samples_tmp))
+    samples_tmp.mkdir(parents=True, exist_ok=True)  # Ray writes no directory for an empty dataset
     shutil.rmtree(samples, ignore_errors=True)
     os.replace(samples_tmp, samples)
     # training files
@@ -195,7 +197,7 @@ def finalize(cfg, out: Path) -> dict:
     shutil.rmtree(data_tmp, ignore_errors=True)
     phase_counts = ray.data.read_parquet(str(samples)).map_batches(
         write_jsonl, fn_args=(str(data_tmp), cfg.sdg.long_response_words), batch_format="pandas",
-        num_cpus=0.05).take_all()
+        num_cpus=0.05).take_all() if any(samples.glob("*.parquet")) else []
     for phase in ("knowledge_train", "skills_train"):
         (data_tmp / phase).mkdir(parents=True, exist_ok=True)
     # stats: small aggregates only

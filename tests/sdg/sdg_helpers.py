@@ -79,7 +79,7 @@ def check_run(run_dir: Path, quotas: dict[str, int]) -> dict:
     # only the dedup stage drops rows as duplicate after generation; dedup never drops anything else
     assert set(dropped[dropped["drop_stage"] == "dedup"]["drop_reason"]) <= {"duplicate"}
     for col in ("question", "answer"):
-        assert ok[col].map(lambda s: isinstance(s, str) and s.strip() != "").all(), col
+        assert all(isinstance(s, str) and s.strip() != "" for s in ok[col]), col
 
     samples = read_parquet_dir(run_dir / "samples")
     assert len(samples) == len(ok)
