@@ -23,6 +23,10 @@ class JudgeConfig:
     question_min: float = 0.5
     # Known-good references per leaf and judge (seeds), at most.
     max_references: int = 6
+    # A judge whose good and bad reference levels differ by less than this
+    # cannot tell them apart for the leaf: its raw score is used instead
+    # (calibrating on noise would amplify it).
+    min_separation: float = 0.05
 
 
 @dataclass

@@ -122,7 +122,6 @@ class JudgeStage(TeacherStage):
 
     score_column = ""
     threshold_key = ""
-    min_separation = 0.02
 
     def request(self, row):
         return self.choose(row)
@@ -132,7 +131,7 @@ class JudgeStage(TeacherStage):
 
     def calibrated(self, leaf: str, raw: float) -> float | None:
         ref = self.calibration.get(leaf)
-        if not ref or ref[1] - ref[0] < self.min_separation:
+        if not ref or ref[1] - ref[0] < self.sdg["judge"].get("min_separation", 0.05):
             return None
         return (raw - ref[0]) / (ref[1] - ref[0])
 
