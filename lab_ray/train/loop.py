@@ -122,6 +122,7 @@ def train_loop(config: dict) -> None:
                     be.backward(ce * world / max(labels, 1.0))
                 be.micro_done()
                 ce_total += float(ce.detach())
+            lr = be.lr()  # the rate this step used (the scheduler moves on in step())
             be.step()
             step += 1
             micro_in_epoch += accum
@@ -129,7 +130,7 @@ def train_loop(config: dict) -> None:
                                                  float(sum(m.computed_tokens for m in mbs))])
             dt = time.perf_counter() - t0
             metrics = {"phase": config["phase"], "step": step, "total_steps": total, "epoch": epoch,
-                       "loss": ce_sum / max(labels, 1.0), "lr": be.lr(), "tokens_per_s": real / dt,
+                       "loss": ce_sum / max(labels, 1.0), "lr": lr, "tokens_per_s": real / dt,
                        "real_token_fraction": real / max(computed, 1.0), "label_tokens": labels, "step_s": dt}
             report(metrics, save=bool(every) and step % every == 0 and step < total)
         epoch += 1

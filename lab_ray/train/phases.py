@@ -58,8 +58,15 @@ def init_ray(cfg) -> None:
     kwargs = dict(include_dashboard=bool(cfg.ray.include_dashboard), log_to_driver=False, configure_logging=True)
     if cfg.ray.address:
         ray.init(address=cfg.ray.address, **kwargs)
-    else:
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, **kwargs)
+        return
+    for attempt in range(3):
+        try:
+            ray.init(address="local", num_cpus=cfg.ray.num_cpus, **kwargs)
+            return
+        except Exception as e:  # Ray gives a starting raylet 30 s; an overloaded box can miss that
+            if "timed out during startup" not in str(e) or attempt == 2:
+                raise
+            ray.shutdown()
 
 
 def _files(ddir: Path, sub: str) -> list[str]:

@@ -35,7 +35,7 @@ def test_sigkill_mid_phase_then_rerun_continues(tmp_path, train_proc):
     metrics = root / "r" / "train" / "metrics.jsonl"
     first = train_proc(root, "r", extra)
     # Wait until knowledge_long has a checkpoint (knowledge_short is then finished), then kill the driver.
-    deadline = time.time() + 420
+    deadline = time.time() + 600
     while time.time() < deadline and first.proc.poll() is None:
         if any(r.get("phase") == "knowledge_long" and r.get("checkpoint") for r in _records(metrics)):
             break
@@ -52,7 +52,7 @@ def test_sigkill_mid_phase_then_rerun_continues(tmp_path, train_proc):
     assert journal["phases"]["knowledge_long"]["status"] == "running"
 
     second = train_proc(root, "r", extra)
-    assert second.wait(420) == 0, second.output()[-3000:]
+    assert second.wait(900) == 0, second.output()[-3000:]
     after = _records(metrics)[len(before):]
     # A finished phase is never repeated.
     assert not [r for r in after if r.get("phase") == "knowledge_short"]
