@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -116,12 +117,7 @@ def _run(ns, cfg, client, address: str, command: list[str]) -> int:
         return 0
     if not command:
         raise ConfigError("nothing to submit: give a lab-ray command after '--', e.g. -- generate run.name=x")
-    job_id = client.submit_job(
-        entrypoint=entrypoint(command),
-        runtime_env=build_runtime_env(cfg),
-        entrypoint_num_cpus=cfg.submit.entrypoint_num_cpus or None,
-        entrypoint_num_gpus=cfg.submit.entrypoint_num_gpus or None,
-    )
+    job_id = _submit_when_ready(client, cfg, command)
     print(f"submitted {job_id} to {address}", file=sys.stderr)
     if ns.no_wait:
         print(job_id)
@@ -137,6 +133,23 @@ def _run(ns, cfg, client, address: str, command: list[str]) -> int:
     if code is not None:
         return int(code)
     return 0 if str(info.status) in ("SUCCEEDED", "JobStatus.SUCCEEDED") else 1
+
+
+def _submit_when_ready(client, cfg, command: list[str], wait_s: float = 120.0) -> str:
+    """submit_job, retried while a freshly started head's job agent is not up yet."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(
+                entrypoint=entrypoint(command),
+                runtime_env=build_runtime_env(cfg),
+                entrypoint_num_cpus=cfg.submit.entrypoint_num_cpus or None,
+                entrypoint_num_gpus=cfg.submit.entrypoint_num_gpus or None,
+            )
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 async def _stream(client, job_id: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -40,7 +41,11 @@ def ray_head(tmp_path_factory):
     env = _env()
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true"],
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true",
+         # Ports of its own: another Ray on this machine must not hold the job agent's default port.
+         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+         f"--ray-client-server-port={_free_port()}"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
@@ -73,6 +78,21 @@ def test_submit_streams_logs_and_returns_success(ray_head):
     assert proc.returncode == 0, proc.stderr
     assert "name: submitted-by-test" in proc.stdout  # the job's own output, streamed back
     assert "SUCCEEDED" in proc.stderr
+
+
+def test_submit_runs_a_small_generate_on_the_cluster(ray_head, tmp_path):
+    """A real `lab-ray generate` as a Ray Job: it attaches to the job's cluster (RAY_ADDRESS), not a
+    new local one, and writes its run directory. The test teacher keeps it fast; the pipeline is real."""
+    root = tmp_path / "runs"
+    proc = _submit(ray_head, "generate", "run.name=submitted", f"run.root={root}", "sdg.samples_per_leaf=3",
+                   "sdg.test_teacher=lab_ray.sdg.fake_teachers:InstantTeacher", "sdg.progress=false",
+                   timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "SUCCEEDED" in proc.stderr
+    assert "kept" in proc.stdout  # the job's summary table, streamed back
+    stats = json.loads((root / "submitted" / "data" / "stats.json").read_text())
+    assert stats["total"]["rows"] == 3 * 4  # 4 leaves in the sample taxonomy, 3 tasks each
+    assert list((root / "submitted" / "data" / "skills_train").glob("part-*.jsonl"))
 
 
 def test_submit_returns_the_jobs_exit_status(ray_head, tmp_path):
