@@ -24,26 +24,28 @@ def dedup_leaf(group: pd.DataFrame, near_threshold: float, num_perm: int) -> pd.
     from datasketch import MinHash, MinHashLSH
 
     group = group.sort_values("id").reset_index(drop=True)
-    kept_mask = group["status"] == "ok"
+    kept = group[group["status"] == "ok"]
+    texts = [_norm(f"{c if k == 'grounded' else ''} {q} {a}")
+             for c, k, q, a in zip(kept["context"], kept["kind"], kept["question"], kept["answer"])]
+    # One MinHash per row, computed in bulk (permutations initialised once,
+    # update_batch per row): the same signatures as one update per shingle.
+    signatures = MinHash.generator(([s.encode() for s in _shingles(t)] for t in texts), num_perm=num_perm, seed=1)
     seen: set[str] = set()
     lsh = MinHashLSH(threshold=near_threshold, num_perm=num_perm)
-    for i in group.index[kept_mask]:
-        text = _norm(f"{group.at[i, 'context'] if group.at[i, 'kind'] == 'grounded' else ''} "
-                     f"{group.at[i, 'question']} {group.at[i, 'answer']}")
+    dups, details = [], []
+    for i, text, mh in zip(kept.index, texts, signatures):
         digest = hashlib.sha1(text.encode()).hexdigest()
-        reason = None
         if digest in seen:
             reason = "exact duplicate"
+        elif lsh.query(mh):
+            reason = "near duplicate"
         else:
-            mh = MinHash(num_perm=num_perm, seed=1)
-            for s in _shingles(text):
-                mh.update(s.encode())
-            if lsh.query(mh):
-                reason = "near duplicate"
-            else:
-                lsh.insert(str(i), mh)
-                seen.add(digest)
-        if reason:
-            group.loc[i, ["status", "drop_stage", "drop_reason", "drop_detail"]] = \
-                ["dropped", "dedup", "duplicate", reason]
+            lsh.insert(str(i), mh)
+            seen.add(digest)
+            continue
+        dups.append(i)
+        details.append(reason)
+    if dups:
+        group.loc[dups, ["status", "drop_stage", "drop_reason"]] = ["dropped", "dedup", "duplicate"]
+        group.loc[dups, "drop_detail"] = details
     return group
