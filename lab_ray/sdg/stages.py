@@ -16,7 +16,7 @@ import math
 import pandas as pd
 
 from lab_ray.sdg.parsing import clean_single, parse_tagged
-from lab_ray.sdg.prompts import load_prompt
+from lab_ray.sdg.prompts import _compile, load_prompt
 
 SKILL_STAGES = ["gen_context", "gen_instruction", "judge_instruction", "gen_response", "judge_pair"]
 KNOWLEDGE_STAGES = ["gen_qa", "judge_faithfulness", "judge_relevance", "judge_question"]
@@ -32,6 +32,107 @@ def make_teacher(spec: dict):
 
     kw = {k: v for k, v in spec.items() if k != "kind"}
     return TeacherClient(**kw)
+
+
+class _Memo:
+    """Prompt rendering and example parsing without per-row repeats (a stage hot path).
+
+    A prompt's system text and its in-context example turns depend on a few
+    leaf-level variables and on the row's example rotation only, so each
+    template's output is memoised on the values of exactly the variables the
+    template reads (jinja2.meta); the row's own final turn is rendered every
+    time. `render` mirrors `Prompt.render`; `Stage.messages` checks it against
+    `Prompt.render` on the first row of every batch and falls back to the
+    latter for good on any difference.
+    """
+
+    LIMIT = 4096  # entries per cache; cleared when full
+
+    def __init__(self, prompt):
+        import jinja2.meta
+
+        from lab_ray.sdg.prompts import _ENV
+
+        self.prompt = prompt
+        self.vars = {t: tuple(sorted(jinja2.meta.find_undeclared_variables(_ENV.parse(t))))
+                     for t in (prompt.system, prompt.turn_user, prompt.turn_assistant)}
+        self.cache: dict = {}
+        self.parsed: dict[str, list] = {}
+        self.prefixes: dict = {}
+
+    def examples(self, text: str) -> list[dict]:
+        out = self.parsed.get(text)
+        if out is None:
+            if len(self.parsed) >= self.LIMIT:
+                self.parsed.clear()
+            out = self.parsed[text] = json.loads(text)
+        return out
+
+    def prefix_vars(self, examples: list[dict]) -> tuple:
+        """The row variables the system text and the example turns read (an example's own keys win)."""
+        p = self.prompt
+        names = set(self.vars[p.system])
+        for ex in examples:
+            names |= set(self.vars[p.turn_user]) - set(ex)
+            names |= set(self.vars[p.turn_assistant]) - {"example"}
+        return tuple(sorted(names))
+
+    def prefix(self, row: dict, examples_text: str | None, examples: list[dict]) -> list[dict]:
+        """System message + example turns, memoised on (examples text, the row values they read)."""
+        names = self.prefix_vars(examples)
+        key = (examples_text, tuple(row.get(v, _Memo) for v in names))
+        try:
+            out = self.prefixes.get(key)
+        except TypeError:
+            return self._prefix(row, examples)
+        if out is None:
+            out = self._prefix(row, examples)
+            if len(self.prefixes) >= self.LIMIT:
+                self.prefixes.clear()
+            self.prefixes[key] = out
+        return out
+
+    def _prefix(self, row: dict, examples: list[dict]) -> list[dict]:
+        p = self.prompt
+        messages = [{"role": "system", "content": self._cached(p.system, row)}]
+        for ex in examples:
+            messages.append({"role": "user", "content": self._cached(p.turn_user, {**row, **ex})})
+            messages.append({"role": "assistant", "content": self._cached(p.turn_assistant, {**row, "example": ex})})
+        return messages
+
+    @staticmethod
+    def _freeze(v):
+        if isinstance(v, dict):
+            return tuple(sorted((k, _Memo._freeze(x)) for k, x in v.items()))
+        if isinstance(v, list):
+            return tuple(_Memo._freeze(x) for x in v)
+        return v
+
+    def _cached(self, template: str, variables: dict) -> str:
+        key = (template, tuple(self._freeze(variables.get(v, _Memo)) for v in self.vars[template]))
+        try:
+            out = self.cache.get(key)
+        except TypeError:  # an unhashable value: no memo
+            return _compile(template).render(**variables).strip()
+        if out is None:
+            out = _compile(template).render(**variables).strip()
+            if len(self.cache) >= self.LIMIT:
+                self.cache.clear()
+            self.cache[key] = out
+        return out
+
+    def render(self, row: dict, examples: list[dict], examples_text: str | None = None) -> list[dict[str, str]]:
+        import jinja2
+
+        from lab_ray.errors import ConfigError
+
+        p = self.prompt
+        try:
+            messages = list(self.prefix(row, examples_text, examples))
+            messages.append({"role": "user", "content": _compile(p.turn_user).render(**row).strip()})
+        except jinja2.UndefinedError as e:
+            raise ConfigError(f"prompt {p.name}: {e} (a variable the template uses is missing)")
+        return [m for m in messages if m["content"] or m["role"] != "system"]
 
 
 def empty_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -56,6 +157,9 @@ class TeacherStage:
         self.prompt = load_prompt(self.prompt_name, sdg.get("prompts_dir"))
         # leaf -> [raw score of known-bad references, raw score of known-good ones]
         self.calibration = (calibration or {}).get(self.stage, {})
+        self.memo = _Memo(self.prompt)
+        self.memo_ok = True  # False once the memoised render ever differed from Prompt.render
+        self._check_next = True
 
     knowledge = False  # which branch the stage serves: knowledge rows or skill rows
 
@@ -70,8 +174,11 @@ class TeacherStage:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         batch = empty_columns(batch)
-        rows = batch.to_dict("records")
+        cols = list(batch.columns)
+        # column lists -> row dicts (the same Python values as to_dict("records"), far cheaper)
+        rows = [dict(zip(cols, values)) for values in zip(*(batch[c].tolist() for c in cols))]
         live = [r for r in rows if r["status"] == "ok" and self.applies(r)]
+        self._check_next = True
         replies = self.teacher.run_many([self.request(r) for r in live]) if live else []
         for row, reply in zip(live, replies):
             row["prompt_tokens"] += reply.prompt_tokens
@@ -84,14 +191,22 @@ class TeacherStage:
                 self.apply(row, reply)
             except (ValueError, KeyError, TypeError) as e:
                 self.drop(row, "unparsable", f"{type(e).__name__}: {e}"[:300])
-        return pd.DataFrame(rows, columns=batch.columns)
+        return pd.DataFrame({c: [r[c] for r in rows] for c in cols}, columns=batch.columns)
 
     def drop(self, row: dict, reason: str, detail: str = "") -> None:
         row.update(status="dropped", drop_stage=self.stage, drop_reason=reason, drop_detail=detail[:300])
 
     def messages(self, row: dict, with_examples: bool = True) -> list[dict]:
-        examples = json.loads(row["examples"]) if with_examples else []
-        return self.prompt.render(row, examples)
+        examples = self.memo.examples(row["examples"]) if with_examples else []
+        if not self.memo_ok:
+            return self.prompt.render(row, examples)
+        out = self.memo.render(row, examples, row["examples"] if with_examples else None)
+        if self._check_next:  # first row of each batch: the memo must agree with Prompt.render
+            self._check_next = False
+            if out != self.prompt.render(row, examples):
+                self.memo_ok = False
+                return self.prompt.render(row, examples)
+        return out
 
     def generate(self, row: dict, max_tokens: int) -> tuple[str, dict]:
         return "chat", {"messages": self.messages(row), "max_tokens": max_tokens,
@@ -169,7 +284,7 @@ class GenerateInstruction(TeacherStage):
 
     def apply(self, row, reply):
         text = clean_single(reply.text, max_chars=600)
-        examples = {e["question"].strip().casefold() for e in json.loads(row["examples"])}
+        examples = {e["question"].strip().casefold() for e in self.memo.examples(row["examples"])}
         if text is None:
             return self.drop(row, "unparsable", reply.text[:200])
         if text.casefold() in examples:  # a copy of a seed is not new data
