@@ -125,3 +125,23 @@ def test_sdg_seed_changes_the_teacher_sampling_seed(tmp_path):
         seeds.append(stage.request(row)[1]["seed"])
     assert seeds[0] == seeds[1], "the same seed gives the same request"
     assert seeds[1] != seeds[2], "another sdg.seed samples differently"
+
+
+def test_judge_calibration_runs_for_every_judge_and_leaf(plan):
+    """The driver-side calibration scores references through the judges' own request path."""
+    from omegaconf import OmegaConf
+
+    from lab_ray.sdg.calibration import calibrate
+    from sdg_helpers import instant_spec
+
+    cfg, specs = plan
+    sdg = OmegaConf.to_container(cfg.sdg, resolve=True)
+    levels = calibrate([s.to_dict() for s in specs], instant_spec(), sdg)
+    skills = {s.leaf for s in specs if s.kind != "knowledge"}
+    knowledge = {s.leaf for s in specs if s.kind == "knowledge"}
+    for stage in ("judge_instruction", "judge_pair"):
+        assert set(levels[stage]) == skills, stage
+    for stage in ("judge_faithfulness", "judge_relevance", "judge_question"):
+        assert set(levels[stage]) == knowledge, stage
+    # the instant teacher says yes to everything: no separation between good and bad references
+    assert all(abs(good - bad) < 1e-9 for lv in levels.values() for bad, good in lv.values())
