@@ -102,6 +102,8 @@ class TreeSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.session_file, self.interval = pid, session_file, interval
         self.peak, self.peak_procs, self.samples, self.stop_flag = 0, 0, 0, threading.Event()
+        self.peak_by_name: dict[str, float] = {}
+        self.cpu: dict[int, float] = {}  # pid -> last seen user+system CPU seconds
 
     def tree(self):
         import psutil
@@ -130,15 +132,22 @@ class TreeSampler(threading.Thread):
         import psutil
 
         while not self.stop_flag.is_set():
-            rss, n = 0, 0
+            rss, n, by_name = 0, 0, {}
             for p in self.tree():
                 try:
-                    rss += p.memory_info().rss
-                    n += 1
+                    r = p.memory_info().rss
+                    t = p.cpu_times()
+                    name = p.name()
                 except psutil.Error:
-                    pass
+                    continue
+                rss += r
+                n += 1
+                self.cpu[p.pid] = t.user + t.system
+                key = name.split("(")[0][:40]
+                by_name[key] = by_name.get(key, 0) + r
             if rss > self.peak:
                 self.peak, self.peak_procs = rss, n
+                self.peak_by_name = {k: round(v / GiB, 2) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])}
             self.samples += 1
             self.stop_flag.wait(self.interval)
 
@@ -166,7 +175,8 @@ def run_one(n: int, args) -> dict:
             raise SystemExit(f"N={n}: child failed (rc={rc})\n{out[-3000:]}")
         r = json.loads(lines[-1][7:])
         r.update(process_wall_s=wall, peak_rss_gib=sampler.peak / GiB, peak_procs=sampler.peak_procs,
-                 rss_samples=sampler.samples, samples_per_s=r["samples"] / r["wall_s"],
+                 rss_samples=sampler.samples, tree_cpu_s=round(sum(sampler.cpu.values()), 1),
+                 peak_rss_by_process=sampler.peak_by_name, samples_per_s=r["samples"] / r["wall_s"],
                  load_before=round(load0[0], 1), load_after=round(load1[0], 1))
         return r
     finally:

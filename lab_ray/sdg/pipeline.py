@@ -132,7 +132,10 @@ def run_generation(cfg, teacher_spec: dict) -> GenerateResult:
 
         descriptors = ranges(specs)
         ds = ray.data.from_items(descriptors, override_num_blocks=max(1, min(len(descriptors), 200)))
-        ds = ds.flat_map(expand_range, num_cpus=0.1)
+        # Tasks with fractional CPUs: cap how many run at once, or Ray starts one
+        # worker process per slot (~20 on 2 CPUs) and the process tree's memory
+        # grows with them while the expansion itself is cheap.
+        ds = ds.flat_map(expand_range, num_cpus=0.1, concurrency=TASK_CONCURRENCY)
         if done:
             done_ref = [ray.put(done)]
             ds = ds.map_batches(SkipDone, fn_constructor_args=(done_ref,), batch_format="pandas",
@@ -165,7 +168,6 @@ def _stages(specs: list[LeafSpec]) -> list:
 def finalize(cfg, out: Path) -> dict:
     """Dedup per leaf, write samples/ + messages JSONL + recipe + stats (idempotent)."""
     import ray
-    from ray.data.aggregate import Count, Sum
 
     files = shard_files(out / "shards")
     if not files:
@@ -176,7 +178,7 @@ def finalize(cfg, out: Path) -> dict:
         # partitions than the default 200 saves most of the shuffle's overhead.
         n_leaves = len(json.loads((out / "plan.json").read_text())["leaves"])
         ds = ds.groupby("leaf", num_partitions=max(1, min(n_leaves, 64))).map_groups(dedup_leaf, fn_args=(cfg.sdg.dedup.near_threshold, cfg.sdg.dedup.num_perm),
-                                           batch_format="pandas", num_cpus=0.1)
+                                           batch_format="pandas", num_cpus=0.1, concurrency=TASK_CONCURRENCY)
     final_tmp, final = out / "final.tmp", out / "final"
     shutil.rmtree(final_tmp, ignore_errors=True)
     ds.write_parquet(str(final_tmp))
@@ -187,7 +189,8 @@ def finalize(cfg, out: Path) -> dict:
     # accepted samples, sharded Parquet
     samples_tmp, samples = run_dir(cfg) / "samples.tmp", run_dir(cfg) / "samples"
     shutil.rmtree(samples_tmp, ignore_errors=True)
-    kept = all_rows.filter(lambda r: r["status"] == "ok")
+    kept = all_rows.map_batches(_kept_rows, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
+                                concurrency=TASK_CONCURRENCY)
     kept.write_parquet(str(samples_tmp))
     samples_tmp.mkdir(parents=True, exist_ok=True)  # Ray writes no directory for an empty dataset
     shutil.rmtree(samples, ignore_errors=True)
@@ -197,13 +200,16 @@ def finalize(cfg, out: Path) -> dict:
     shutil.rmtree(data_tmp, ignore_errors=True)
     phase_counts = ray.data.read_parquet(str(samples)).map_batches(
         write_jsonl, fn_args=(str(data_tmp), cfg.sdg.long_response_words), batch_format="pandas",
-        num_cpus=0.05).take_all() if any(samples.glob("*.parquet")) else []
+        num_cpus=0.05, concurrency=TASK_CONCURRENCY).take_all() if any(samples.glob("*.parquet")) else []
     for phase in ("knowledge_train", "skills_train"):
         (data_tmp / phase).mkdir(parents=True, exist_ok=True)
     # stats: small aggregates only
-    groups = all_rows.groupby(["leaf", "kind", "status", "drop_stage", "drop_reason"]).aggregate(
-        Count(), Sum("prompt_tokens"), Sum("completion_tokens")).take_all()
-    stats = funnel(groups)
+    # Partial counts per block, summed here: the groups are few (leaf x status x
+    # reason), so no shuffle of the rows (a groupby().aggregate() hash-shuffles
+    # every row into 200 partitions to produce the same small table).
+    partial = all_rows.select_columns(list(STAT_KEYS) + ["prompt_tokens", "completion_tokens"]).map_batches(
+        _partial_stats, batch_format="pandas", batch_size=None, concurrency=TASK_CONCURRENCY).take_all()
+    stats = funnel(_sum_stats(partial))
     recipe = {"taxonomy": str(cfg.taxonomy.path), "teacher": cfg.teacher.model, "phases": {}}
     for phase, leaves_branch in (("knowledge_train", "knowledge + foundational_skills"),
                                  ("skills_train", "compositional_skills")):
@@ -217,6 +223,39 @@ def finalize(cfg, out: Path) -> dict:
     shutil.rmtree(data, ignore_errors=True)
     os.replace(data_tmp, data)
     return stats
+
+
+TASK_CONCURRENCY = 2  # at most this many tasks of one fractional-CPU operator at a time
+STAT_KEYS = ("leaf", "kind", "status", "drop_stage", "drop_reason")
+
+
+def _kept_rows(batch):
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.equal(batch["status"], "ok"))
+
+
+def _partial_stats(batch):
+    import pandas as pd
+
+    if not len(batch):
+        return pd.DataFrame({k: [] for k in (*STAT_KEYS, "count()", "sum(prompt_tokens)", "sum(completion_tokens)")})
+    g = batch.groupby(list(STAT_KEYS), dropna=False, sort=False)
+    out = g.agg(**{"count()": ("status", "size"), "sum(prompt_tokens)": ("prompt_tokens", "sum"),
+                   "sum(completion_tokens)": ("completion_tokens", "sum")}).reset_index()
+    return out
+
+
+def _sum_stats(partial: list[dict]) -> list[dict]:
+    """The per-block counts summed per group: what groupby(STAT_KEYS).aggregate(Count, Sum, Sum) returns."""
+    totals: dict[tuple, list[int]] = {}
+    for r in partial:
+        t = totals.setdefault(tuple(r[k] for k in STAT_KEYS), [0, 0, 0])
+        t[0] += int(r["count()"])
+        t[1] += int(r["sum(prompt_tokens)"] or 0)
+        t[2] += int(r["sum(completion_tokens)"] or 0)
+    return [{**dict(zip(STAT_KEYS, k)), "count()": v[0], "sum(prompt_tokens)": v[1], "sum(completion_tokens)": v[2]}
+            for k, v in sorted(totals.items(), key=lambda kv: tuple(str(x) for x in kv[0]))]
 
 
 def stage_order(kind: str) -> list[str]:

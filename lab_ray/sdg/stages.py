@@ -197,7 +197,10 @@ class TeacherStage:
         row.update(status="dropped", drop_stage=self.stage, drop_reason=reason, drop_detail=detail[:300])
 
     def messages(self, row: dict, with_examples: bool = True) -> list[dict]:
-        examples = self.memo.examples(row["examples"]) if with_examples else []
+        memo = getattr(self, "memo", None)  # None: a judge built without __init__ (calibration.py)
+        if memo is None:
+            return self.prompt.render(row, json.loads(row["examples"]) if with_examples else [])
+        examples = memo.examples(row["examples"]) if with_examples else []
         if not self.memo_ok:
             return self.prompt.render(row, examples)
         out = self.memo.render(row, examples, row["examples"] if with_examples else None)
