@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from lab_ray.config import run_dir
 from lab_ray.errors import LabRayError
 from lab_ray.sdg import stages as S
-from lab_ray.sdg.dedup import dedup_leaf
+from lab_ray.sdg.dedup import SIGNATURE_COLUMNS, duplicates, mark_duplicates, signature_rows
 from lab_ray.sdg.prompts import load_personas, load_prompt
 from lab_ray.sdg.calibration import load_or_calibrate
 from lab_ray.sdg.tasks import LeafSpec, expand, leaf_spec, ranges
@@ -174,11 +174,26 @@ def finalize(cfg, out: Path) -> dict:
         raise LabRayError(f"no generated shards under {out / 'shards'}")
     ds = ray.data.read_parquet(files)
     if cfg.sdg.dedup.enabled:
-        # One partition per leaf at most: dedup is within a leaf, and fewer
-        # partitions than the default 200 saves most of the shuffle's overhead.
+        # Dedup in two halves so that no full row is ever shuffled: (1) a
+        # streaming pass computes each kept row's text digest and MinHash
+        # signature (~300 bytes); only those are grouped by leaf, where the
+        # exact/near verdicts are made (first by id wins); (2) a streaming pass
+        # over the shards marks the duplicate ids. Memory then grows with the
+        # signatures, not with the rows (a groupby of the rows holds the whole
+        # dataset in the shuffle's aggregators).
+        # One partition per leaf at most: fewer partitions than the default 200
+        # saves most of the shuffle's overhead.
         n_leaves = len(json.loads((out / "plan.json").read_text())["leaves"])
-        ds = ds.groupby("leaf", num_partitions=max(1, min(n_leaves, 64))).map_groups(dedup_leaf, fn_args=(cfg.sdg.dedup.near_threshold, cfg.sdg.dedup.num_perm),
-                                           batch_format="pandas", num_cpus=0.1, concurrency=TASK_CONCURRENCY)
+        dd = cfg.sdg.dedup
+        sigs = ds.select_columns(SIGNATURE_COLUMNS).map_batches(
+            signature_rows, fn_args=(dd.num_perm,), batch_format="pandas", num_cpus=0.1,
+            concurrency=TASK_CONCURRENCY)
+        dups = sigs.groupby("leaf", num_partitions=max(1, min(n_leaves, 64))).map_groups(
+            duplicates, fn_args=(dd.near_threshold, dd.num_perm), batch_format="pandas", num_cpus=0.1,
+            concurrency=TASK_CONCURRENCY).take_all()
+        dups_ref = [ray.put({d["id"]: d["drop_detail"] for d in dups})]
+        ds = ray.data.read_parquet(files).map_batches(_mark_duplicates, fn_args=(dups_ref,), batch_format="pandas",
+                                                      num_cpus=0.1, concurrency=TASK_CONCURRENCY)
     final_tmp, final = out / "final.tmp", out / "final"
     shutil.rmtree(final_tmp, ignore_errors=True)
     ds.write_parquet(str(final_tmp))
@@ -227,6 +242,12 @@ def finalize(cfg, out: Path) -> dict:
 
 TASK_CONCURRENCY = 2  # at most this many tasks of one fractional-CPU operator at a time
 STAT_KEYS = ("leaf", "kind", "status", "drop_stage", "drop_reason")
+
+
+def _mark_duplicates(batch, dups_ref):
+    import ray
+
+    return mark_duplicates(batch, ray.get(dups_ref[0]))
 
 
 def _kept_rows(batch):
