@@ -87,6 +87,8 @@ def _eval(ns: argparse.Namespace) -> int:
     cfg = load_config(overrides, ns.config)
     result = run_eval(cfg, positional[0], base=bool(ns.base or cfg.eval.compare_base))
     console = Console()
+    if not console.is_terminal:  # piped or captured: do not cut leaf paths to 80 columns
+        console = Console(width=max(console.width, 160))
     console.print(results_table(result))
     gen = result.get("generation") or {}
     for leaf, g in gen.items():

@@ -17,7 +17,7 @@ class KnowledgeEvalConfig:
     # Teacher MCQ generation: chunks of the leaf's documents (teacher tokens).
     chunk_tokens: int = 200
     chunk_overlap: int = 24
-    max_chunks_per_leaf: int = 8
+    max_chunks_per_leaf: int = 5
     # Requests per chunk (each with its own deterministic seed); a weak teacher
     # gets several tries at writing a valid question.
     attempts_per_chunk: int = 3
@@ -28,7 +28,7 @@ class KnowledgeEvalConfig:
     # Grounding check: at least this share of the correct option's content
     # words must occur in the chunk the question was written from (0 = off).
     min_answer_support: float = 0.6
-    # Stop asking once a leaf has this many valid questions.
+    # At most this many questions per leaf (teacher-written first, then cloze).
     max_questions_per_leaf: int = 20
     # Fallback: below this many valid teacher questions, cloze-style MCQs from
     # the leaf's own seed Q/A (the seed answer vs other seed answers of the

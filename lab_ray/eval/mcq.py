@@ -22,12 +22,13 @@ from dataclasses import asdict, dataclass, field
 
 LETTERS = "ABCD"
 
-_Q_TAG = r"(?:\[\s*question\s*\]|\*\*\s*question\s*:?\s*\*\*|(?<![\w\]])question\s*\d*\s*:|(?m:^\s*q\s*\d*\s*[:.]))"
+_Q_TAG = r"(?:\[\s*question\s*\]|\*\*\s*question\s*:?\s*\*\*|(?m:^\s*question\s*\d*\s*:)|(?m:^\s*q\s*\d*\s*[:.]))"
 _ANS_TAG = r"(?:\[\s*(?:correct\s+)?answer\s*\]|\*\*\s*(?:correct\s+)?answer\s*:?\s*\*\*|(?<![\w\[])(?:correct\s+)?answer\s*(?:is)?\s*[:\-]|the\s+(?:correct|right)\s+(?:answer|option)\s+is)"
 _END_TAG = r"\[\s*end\s*\]"
 # an option marker at a line start, or inline after whitespace: [A] (A) A) A. A:
-_OPT_LINE = re.compile(r"(?im)^[ \t]*(?:[-*][ \t]*)?(?:\[\s*([A-D])\s*\]|\(\s*([A-D])\s*\)|([A-D])\s*[\).:])[ \t]*(.*)$")
-_OPT_INLINE = re.compile(r"(?i)(?:^|\s)(?:\[\s*([A-D])\s*\]|\(\s*([A-D])\s*\)|([A-D])\))\s+")
+# (letters up to F are read so that a fifth option is seen, and rejected)
+_OPT_LINE = re.compile(r"(?im)^[ \t]*(?:[-*][ \t]*)?(?:\[\s*([A-F])\s*\]|\(\s*([A-F])\s*\)|([A-F])\s*[\).:])[ \t]*(.*)$")
+_OPT_INLINE = re.compile(r"(?i)(?:^|\s)(?:\[\s*([A-F])\s*\]|\(\s*([A-F])\s*\)|([A-F])\))\s+")
 
 
 @dataclass
@@ -69,7 +70,7 @@ def _options(body: str) -> tuple[str, list[tuple[str, str]]]:
     expanded: list[tuple[int, str, str]] = []
     for start, letter, rest in found:
         inner = list(_OPT_INLINE.finditer(" " + rest))
-        if len(inner) >= 1 and all((m.group(1) or m.group(2) or m.group(3)).upper() in LETTERS for m in inner):
+        if inner:
             pieces, prev_letter, prev_end = [], letter, 0
             for m in inner:
                 pieces.append((prev_letter, (" " + rest)[prev_end:m.start()].strip()))
@@ -116,7 +117,7 @@ def validate_mcq(question: str, options: list[tuple[str, str]], answer_raw: str 
     if len(question) < 8 or not re.search(r"[A-Za-z]{2}", question):
         return None, "no_question"
     letters = [lt for lt, _ in options]
-    if letters[:4] != list(LETTERS) or (len(letters) > 4 and letters[4] in LETTERS):
+    if letters != list(LETTERS):
         return None, "not_four_options"
     texts = [re.sub(r"\s+", " ", t).strip() for _, t in options[:4]]
     if any(not norm(t) for t in texts):

@@ -135,12 +135,41 @@ def evaluate_model(model_path: str, cfg, sets: EvalSets, teacher, parts=("knowle
             "seconds": round(time.time() - t0, 1)}
 
 
-def _base_cache_key(cfg, sets: EvalSets) -> str:
+def model_fingerprint(model_path: str) -> str:
+    """Name, size and mtime of the model's weight and config files (a retrained checkpoint changes it)."""
+    from lab_ray.embedded_model import resolve_model
+
+    local = Path(resolve_model(str(model_path)))
+    parts = [str(local.resolve())]
+    if local.is_dir():
+        for f in sorted(local.iterdir()):
+            if f.suffix in (".safetensors", ".bin", ".json", ".pt") and f.is_file():
+                st = f.stat()
+                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _cache_key(cfg, sets: EvalSets, model_path: str) -> str:
     from omegaconf import OmegaConf
 
-    blob = json.dumps([cfg.eval.base_model, sets.fingerprint(), cfg.teacher.model,
+    blob = json.dumps([model_fingerprint(model_path), sets.fingerprint(), cfg.teacher.model,
                        OmegaConf.to_container(cfg.eval, resolve=True)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def evaluate_cached(model_path: str, cfg, sets: EvalSets, teacher) -> dict:
+    """evaluate_model, reusing eval/cache/<key>.json for the same model files, eval sets and settings."""
+    cache = eval_dir(cfg) / "cache" / f"{_cache_key(cfg, sets, model_path)}.json"
+    if cache.exists():
+        try:
+            res = json.loads(cache.read_text())
+            res["model"] = str(model_path)
+            return res
+        except ValueError:
+            pass
+    res = evaluate_model(model_path, cfg, sets, teacher)
+    _write_json(cache, res)
+    return res
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -163,7 +192,8 @@ def compare(trained: dict, base: dict | None) -> dict[str, dict]:
 
 def run_eval(cfg, model_path: str, base: bool = True, teacher=None) -> dict:
     """Evaluate `model_path` (a checkpoint / HF directory or SmolLM2-135M-Instruct) on the run's eval sets,
-    optionally also the base model (cfg.eval.base_model, cached per eval set), and write
+    optionally also the base model (cfg.eval.base_model); results are cached per model files + eval
+    sets + settings in eval/cache/, so re-evaluating an unchanged model is free. Writes
     runs/<name>/eval/results.json. Returns {"model", "base_model", "trained", "base", "comparison",
     "summary", "generation", "teacher_usage", "path"}."""
     from lab_ray.eval.teacher import LazyTeacher
@@ -172,16 +202,8 @@ def run_eval(cfg, model_path: str, base: bool = True, teacher=None) -> dict:
     teacher = teacher or LazyTeacher(cfg)
     try:
         sets = build_eval_sets(cfg, teacher)
-        trained = evaluate_model(model_path, cfg, sets, teacher)
-        base_res = None
-        if base:
-            key = _base_cache_key(cfg, sets)
-            cache = eval_dir(cfg) / f"base-{key}.json"
-            if cache.exists():
-                base_res = json.loads(cache.read_text())
-            else:
-                base_res = evaluate_model(cfg.eval.base_model, cfg, sets, teacher)
-                _write_json(cache, base_res)
+        trained = evaluate_cached(model_path, cfg, sets, teacher)
+        base_res = evaluate_cached(cfg.eval.base_model, cfg, sets, teacher) if base else None
         usage = teacher.usage if hasattr(teacher, "usage") else {}
     finally:
         if own:

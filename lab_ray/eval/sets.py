@@ -178,8 +178,9 @@ def generate_mcqs(cfg, leaf, docs: list[str], client, tokenizer, prompt) -> tupl
     found = found[: k.max_questions_per_leaf]
     stats["valid"] = len(found)
     if k.cloze_fallback and len(found) < k.min_questions_per_leaf:
-        found += seed_mcqs
-        stats["cloze"] = len(seed_mcqs)
+        cloze = seed_mcqs[: max(0, k.max_questions_per_leaf - len(found))]
+        found += cloze
+        stats["cloze"] = len(cloze)
     return found, stats
 
 

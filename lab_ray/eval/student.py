@@ -8,6 +8,7 @@ teacher then judges.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +59,42 @@ class StudentModel:
 
     @torch.no_grad()
     def choice_scores(self, question: str, choices: list[str], system: str | None = None) -> list[tuple[float, int]]:
-        """(sum of token log-probs, token count) of each choice as the assistant's reply; one forward pass."""
+        """(sum of token log-probs, token count) of each choice as the assistant's reply.
+
+        The prompt runs once; its KV cache is shared by all choices, so an item
+        costs about one prompt plus the choices' tokens (not one prompt per choice)."""
         prompt = self._prompt_ids(question, system)
-        rows = [prompt + self.tokenizer.encode(c, add_special_tokens=False) for c in choices]
+        conts = [self.tokenizer.encode(c, add_special_tokens=False) or [self.tokenizer.eos_token_id] for c in choices]
+        try:
+            return self._scores_shared_prompt(prompt, conts)
+        except (AttributeError, TypeError, NotImplementedError):  # a model/cache without batch expansion
+            return self._scores_full(prompt, conts)
+
+    @torch.no_grad()
+    def _scores_shared_prompt(self, prompt: list[int], conts: list[list[int]]) -> list[tuple[float, int]]:
+        out = self.model(input_ids=torch.tensor([prompt]), use_cache=True)
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        cache = getattr(out, "cache", None) or out.past_key_values  # transformers 5 names it `cache`
+        n, width, pad = len(conts), max(len(c) for c in conts), self.tokenizer.pad_token_id
+        cache.batch_repeat_interleave(n)
+        ids = torch.tensor([c + [pad] * (width - len(c)) for c in conts])
+        mask = torch.tensor([[1] * len(prompt) + [1] * len(c) + [0] * (width - len(c)) for c in conts])
+        pos = torch.arange(len(prompt), len(prompt) + width).unsqueeze(0).expand(n, -1)
+        kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                            **{kw: cache}).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        scores = []
+        for i, c in enumerate(conts):
+            total = float(first[c[0]])
+            if len(c) > 1:
+                total += float(logp[i, torch.arange(len(c) - 1), torch.tensor(c[1:])].sum())
+            scores.append((total, len(c)))
+        return scores
+
+    @torch.no_grad()
+    def _scores_full(self, prompt: list[int], conts: list[list[int]]) -> list[tuple[float, int]]:
+        rows = [prompt + c for c in conts]
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
