@@ -192,38 +192,32 @@ def finalize(cfg, out: Path) -> dict:
             duplicates, fn_args=(dd.near_threshold, dd.num_perm), batch_format="pandas", num_cpus=0.1,
             concurrency=TASK_CONCURRENCY).take_all()
         dups_ref = [ray.put({d["id"]: d["drop_detail"] for d in dups})]
-        ds = ray.data.read_parquet(files).map_batches(_mark_duplicates, fn_args=(dups_ref,), batch_format="pandas",
-                                                      num_cpus=0.1, concurrency=TASK_CONCURRENCY)
+    else:
+        dups_ref = [ray.put({})]
+    # One streaming pass over the shards writes every output of a block: the
+    # block with its duplicates marked (final/), its kept rows (samples/), their
+    # messages JSONL by training phase (data/), and returns the block's small
+    # counts (rows per phase; rows and tokens per leaf/status/reason) that the
+    # stats and the recipe are summed from. No output is read back.
     final_tmp, final = out / "final.tmp", out / "final"
-    shutil.rmtree(final_tmp, ignore_errors=True)
-    ds.write_parquet(str(final_tmp))
-    final_tmp.mkdir(parents=True, exist_ok=True)
+    samples_tmp, samples = run_dir(cfg) / "samples.tmp", run_dir(cfg) / "samples"
+    data_tmp, data = run_dir(cfg) / "data.tmp", run_dir(cfg) / "data"
+    for tmp in (final_tmp, samples_tmp, data_tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+    counts = ray.data.read_parquet(files).map_batches(
+        _write_outputs, fn_args=(dups_ref, str(final_tmp), str(samples_tmp), str(data_tmp),
+                                 int(cfg.sdg.long_response_words)),
+        batch_format="pandas", batch_size=None, num_cpus=0.1, concurrency=TASK_CONCURRENCY).take_all()
+    phase_counts = [c for r in counts for c in json.loads(r["phases"])]
+    partial = [c for r in counts for c in json.loads(r["stats"])]
+    for d in (final_tmp, samples_tmp):
+        d.mkdir(parents=True, exist_ok=True)  # an empty dataset writes no directory
     shutil.rmtree(final, ignore_errors=True)
     os.replace(final_tmp, final)
-    all_rows = ray.data.read_parquet(str(final))
-    # accepted samples, sharded Parquet
-    samples_tmp, samples = run_dir(cfg) / "samples.tmp", run_dir(cfg) / "samples"
-    shutil.rmtree(samples_tmp, ignore_errors=True)
-    kept = all_rows.map_batches(_kept_rows, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
-                                concurrency=TASK_CONCURRENCY)
-    kept.write_parquet(str(samples_tmp))
-    samples_tmp.mkdir(parents=True, exist_ok=True)  # Ray writes no directory for an empty dataset
     shutil.rmtree(samples, ignore_errors=True)
     os.replace(samples_tmp, samples)
-    # training files
-    data_tmp, data = run_dir(cfg) / "data.tmp", run_dir(cfg) / "data"
-    shutil.rmtree(data_tmp, ignore_errors=True)
-    phase_counts = ray.data.read_parquet(str(samples)).map_batches(
-        write_jsonl, fn_args=(str(data_tmp), cfg.sdg.long_response_words), batch_format="pandas",
-        num_cpus=0.05, concurrency=TASK_CONCURRENCY).take_all() if any(samples.glob("*.parquet")) else []
     for phase in ("knowledge_train", "skills_train"):
         (data_tmp / phase).mkdir(parents=True, exist_ok=True)
-    # stats: small aggregates only
-    # Partial counts per block, summed here: the groups are few (leaf x status x
-    # reason), so no shuffle of the rows (a groupby().aggregate() hash-shuffles
-    # every row into 200 partitions to produce the same small table).
-    partial = all_rows.select_columns(list(STAT_KEYS) + ["prompt_tokens", "completion_tokens"]).map_batches(
-        _partial_stats, batch_format="pandas", batch_size=None, concurrency=TASK_CONCURRENCY).take_all()
     stats = funnel(_sum_stats(partial))
     recipe = {"taxonomy": str(cfg.taxonomy.path), "teacher": cfg.teacher.model, "phases": {}}
     for phase, leaves_branch in (("knowledge_train", "knowledge + foundational_skills"),
@@ -244,16 +238,32 @@ TASK_CONCURRENCY = 2  # at most this many tasks of one fractional-CPU operator a
 STAT_KEYS = ("leaf", "kind", "status", "drop_stage", "drop_reason")
 
 
-def _mark_duplicates(batch, dups_ref):
+def _write_parquet(df, directory: str) -> None:
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(directory, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False),
+                   os.path.join(directory, f"part-{uuid.uuid4().hex}.parquet"))
+
+
+def _write_outputs(batch, dups_ref, final_dir: str, samples_dir: str, data_dir: str, long_words: int):
+    """One block of finalize: mark duplicates, write final/samples/JSONL, return the block's counts."""
+    import pandas as pd
     import ray
 
-    return mark_duplicates(batch, ray.get(dups_ref[0]))
-
-
-def _kept_rows(batch):
-    import pyarrow.compute as pc
-
-    return batch.filter(pc.equal(batch["status"], "ok"))
+    batch = mark_duplicates(batch, ray.get(dups_ref[0]))
+    phases, stats = [], []
+    if len(batch):
+        _write_parquet(batch, final_dir)
+        kept = batch[batch["status"] == "ok"]
+        if len(kept):
+            _write_parquet(kept, samples_dir)
+            phases = write_jsonl(kept, data_dir, long_words).to_dict("records")
+        stats = _partial_stats(batch[list(STAT_KEYS) + ["prompt_tokens", "completion_tokens"]]).to_dict("records")
+    return pd.DataFrame({"phases": [json.dumps(phases, default=int)], "stats": [json.dumps(stats, default=int)]})
 
 
 def _partial_stats(batch):
