@@ -198,6 +198,9 @@ def run_eval(cfg, model_path: str, base: bool = True, teacher=None) -> dict:
     "summary", "generation", "teacher_usage", "path"}."""
     from lab_ray.eval.teacher import LazyTeacher
 
+    StudentModel.check(str(model_path))  # a wrong MODEL fails before any teacher work
+    if base:
+        StudentModel.check(cfg.eval.base_model)
     own = teacher is None
     teacher = teacher or LazyTeacher(cfg)
     try:

@@ -27,6 +27,18 @@ class StudentModel:
     tokenizer: object
     name: str
 
+    @staticmethod
+    def check(path: str) -> Path:
+        """The local model directory, or a LabRayError saying why `path` is not a model."""
+        from lab_ray.embedded_model import resolve_model
+
+        local = Path(resolve_model(path))
+        if not local.is_dir():
+            raise LabRayError(f"model {path!r} is neither a model directory nor SmolLM2-135M-Instruct")
+        if not (local / "config.json").exists():
+            raise LabRayError(f"{local} is not a Hugging Face model directory (no config.json)")
+        return local
+
     @classmethod
     def load(cls, path: str, tokenizer_from: str = "SmolLM2-135M-Instruct") -> StudentModel:
         """A HF model directory (checkpoint) or the embedded model's name.
@@ -36,11 +48,7 @@ class StudentModel:
 
         from lab_ray.embedded_model import resolve_model
 
-        local = Path(resolve_model(path))
-        if not local.is_dir():
-            raise LabRayError(f"model {path!r} is neither a model directory nor SmolLM2-135M-Instruct")
-        if not (local / "config.json").exists():
-            raise LabRayError(f"{local} is not a Hugging Face model directory (no config.json)")
+        local = cls.check(path)
         tok_dir = local if _has_tokenizer(local) else Path(resolve_model(tokenizer_from))
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
