@@ -172,7 +172,10 @@ def finalize(cfg, out: Path) -> dict:
     files = shard_files(out / "shards")
     if not files:
         raise LabRayError(f"no generated shards under {out / 'shards'}")
-    ds = ray.data.read_parquet(files)
+    # The shards are read by our own tasks (one shard at a time), not by
+    # read_parquet: its file listing and footer-reader actors are extra worker
+    # processes, and the shards are few, complete files of one known schema.
+    paths = ray.data.from_items([{"path": f} for f in files], override_num_blocks=max(1, min(len(files), 200)))
     if cfg.sdg.dedup.enabled:
         # Dedup in two halves so that no full row is ever shuffled: (1) a
         # streaming pass computes each kept row's text digest and MinHash
@@ -185,9 +188,8 @@ def finalize(cfg, out: Path) -> dict:
         # saves most of the shuffle's overhead.
         n_leaves = len(json.loads((out / "plan.json").read_text())["leaves"])
         dd = cfg.sdg.dedup
-        sigs = ds.select_columns(SIGNATURE_COLUMNS).map_batches(
-            signature_rows, fn_args=(dd.num_perm,), batch_format="pandas", num_cpus=0.1,
-            concurrency=TASK_CONCURRENCY)
+        sigs = paths.map_batches(_shard_signatures, fn_args=(dd.num_perm,), batch_format="pandas", batch_size=None,
+                                 num_cpus=0.1, concurrency=TASK_CONCURRENCY)
         dups = sigs.groupby("leaf", num_partitions=max(1, min(n_leaves, 64))).map_groups(
             duplicates, fn_args=(dd.near_threshold, dd.num_perm), batch_format="pandas", num_cpus=0.1,
             concurrency=TASK_CONCURRENCY).take_all()
@@ -204,7 +206,7 @@ def finalize(cfg, out: Path) -> dict:
     data_tmp, data = run_dir(cfg) / "data.tmp", run_dir(cfg) / "data"
     for tmp in (final_tmp, samples_tmp, data_tmp):
         shutil.rmtree(tmp, ignore_errors=True)
-    counts = ray.data.read_parquet(files).map_batches(
+    counts = paths.map_batches(
         _write_outputs, fn_args=(dups_ref, str(final_tmp), str(samples_tmp), str(data_tmp),
                                  int(cfg.sdg.long_response_words)),
         batch_format="pandas", batch_size=None, num_cpus=0.1, concurrency=TASK_CONCURRENCY).take_all()
@@ -249,12 +251,31 @@ def _write_parquet(df, directory: str) -> None:
                    os.path.join(directory, f"part-{uuid.uuid4().hex}.parquet"))
 
 
-def _write_outputs(batch, dups_ref, final_dir: str, samples_dir: str, data_dir: str, long_words: int):
-    """One block of finalize: mark duplicates, write final/samples/JSONL, return the block's counts."""
+def _shard_signatures(paths, num_perm: int):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables([signature_rows(pq.read_table(p, columns=SIGNATURE_COLUMNS).to_pandas(), num_perm)
+                             for p in paths["path"]])
+
+
+def _write_outputs(paths, dups_ref, final_dir: str, samples_dir: str, data_dir: str, long_words: int):
+    """Shards -> final/samples/JSONL files and their counts (a finalize task)."""
     import pandas as pd
+    import pyarrow.parquet as pq
     import ray
 
-    batch = mark_duplicates(batch, ray.get(dups_ref[0]))
+    dups = ray.get(dups_ref[0])
+    out = [_write_shard_outputs(pq.read_table(p).to_pandas(), dups, final_dir, samples_dir, data_dir, long_words)
+           for p in paths["path"]]
+    return pd.concat(out, ignore_index=True)
+
+
+def _write_shard_outputs(batch, dups, final_dir: str, samples_dir: str, data_dir: str, long_words: int):
+    """One shard: mark duplicates, write final/samples/JSONL, return the shard's counts."""
+    import pandas as pd
+
+    batch = mark_duplicates(batch, dups)
     phases, stats = [], []
     if len(batch):
         _write_parquet(batch, final_dir)
