@@ -123,6 +123,8 @@ def main() -> None:
 
     calls, spans = [], []
     for f in sorted(logs.glob("calls-*.jsonl")):
+        if f.name.startswith(f"calls-{os.getpid()}-"):
+            continue  # the calibration's calls, made in this driver before the generation phase
         for line in f.read_text(encoding="utf-8").splitlines():
             rec = json.loads(line)
             if "span" in rec:
