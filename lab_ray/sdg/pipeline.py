@@ -117,7 +117,10 @@ def run_generation(cfg, teacher_spec: dict) -> GenerateResult:
     (out / "plan.json").write_text(json.dumps({"tasks": total, "leaves": {s.leaf: s.quota for s in specs},
                                                "config": sdg}, indent=1))
     done = done_ids(shards)
-    todo = total - len(done)
+    # Only ids of this plan count as done (a rerun may select other leaves or quotas).
+    k = int(cfg.sdg.examples_per_prompt)
+    planned_done = sum(t["id"] in done for s in specs for t in expand(s.to_dict(), 0, s.quota, k)) if done else 0
+    todo = total - planned_done
     calibration = load_or_calibrate(out / "calibration.json", list(spec_dicts.values()), teacher_spec, sdg) \
         if todo > 0 else {}
     ctx = ray.data.DataContext.get_current()
@@ -151,7 +154,7 @@ def run_generation(cfg, teacher_spec: dict) -> GenerateResult:
         for _ in ds.iter_batches(batch_size=None):
             pass
     stats = finalize(cfg, out)
-    return GenerateResult(run_dir(cfg), total, len(done), stats)
+    return GenerateResult(run_dir(cfg), total, planned_done, stats)
 
 
 def _stages(specs: list[LeafSpec]) -> list:

@@ -147,6 +147,21 @@ def empty_columns(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+SCORE_COLUMNS = ("instruction_score", "pair_score", "faithfulness_score", "relevance_score", "question_score")
+
+
+def typed(df: pd.DataFrame) -> pd.DataFrame:
+    """Fixed dtypes: a score column that is all-null in a block arrives as None
+    objects, which Ray would store pickled and Parquet readers then refuse."""
+    for col in SCORE_COLUMNS:
+        if col in df.columns:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    for col in ("prompt_tokens", "completion_tokens", "request_index", "chunk_index"):
+        if col in df.columns:
+            df[col] = pd.to_numeric(df[col], errors="coerce").fillna(0).astype("int64")
+    return df
+
+
 class TeacherStage:
     stage = ""
     prompt_name = ""
@@ -191,7 +206,8 @@ class TeacherStage:
                 self.apply(row, reply)
             except (ValueError, KeyError, TypeError) as e:
                 self.drop(row, "unparsable", f"{type(e).__name__}: {e}"[:300])
-        return pd.DataFrame({c: [r[c] for r in rows] for c in cols}, columns=batch.columns)
+        out = pd.DataFrame({c: [r[c] for r in rows] for c in cols}, columns=batch.columns)
+        return typed(out)
 
     def drop(self, row: dict, reason: str, detail: str = "") -> None:
         row.update(status="dropped", drop_stage=self.stage, drop_reason=reason, drop_detail=detail[:300])
@@ -213,7 +229,8 @@ class TeacherStage:
 
     def generate(self, row: dict, max_tokens: int) -> tuple[str, dict]:
         return "chat", {"messages": self.messages(row), "max_tokens": max_tokens,
-                        "temperature": self.sdg["temperature"], "seed": int(row["id"][:8], 16),
+                        "temperature": self.sdg["temperature"],
+                        "seed": (int(row["id"][:8], 16) + int(self.sdg.get("seed", 0))) % 2**31,
                         **({"stop": list(self.prompt.stop)} if self.prompt.stop else {})}
 
     def choose(self, row: dict) -> tuple[str, dict]:

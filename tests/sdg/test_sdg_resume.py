@@ -147,10 +147,6 @@ def test_rerun_of_a_finished_run_does_no_teacher_work(ray_cluster, tmp_path):
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.xfail(strict=True, reason="bug: run_generation computes todo = total - len(done) over ALL ids in the "
-                                       "shards, so shards of tasks not in the current plan (another sdg.leaves or a "
-                                       "smaller quota on the same run name) make it skip generation; finalize then "
-                                       "reports the old rows and the planned leaf gets none")
 def test_resume_only_counts_work_of_the_current_plan(ray_cluster, tmp_path):
     import pandas as pd
     import pyarrow as pa
