@@ -10,8 +10,9 @@
 (b) direct: the very same requests (same messages, max_tokens, seeds,
     temperature), sent straight to the same deployment by one TeacherClient
     with max_concurrency = the pipeline's measured mean in-flight requests
-    (time-weighted over its generation phase), i.e. the teacher's own
-    tokens/s at the same concurrency and the same token budgets.
+    (time-weighted over its generation phase), stage by stage (so every
+    teacher batch is homogeneous, the teacher's best case), i.e. the teacher's
+    own tokens/s at the same concurrency and the same token budgets.
 
 Prints both and, on the last line, pipeline/direct (target >= 0.9).
 
@@ -121,8 +122,8 @@ def main() -> None:
     tokens = result.stats["total"]["completion_tokens"]
     pipe_tps = tokens / gen_s
 
-    calls, spans = [], []
-    for f in sorted(logs.glob("calls-*.jsonl")):
+    calls, spans, by_actor = [], [], []
+    for f in sorted(logs.glob("calls-*.jsonl"), key=lambda f: f.stat().st_mtime):
         if f.name.startswith(f"calls-{os.getpid()}-"):
             continue  # the calibration's calls, made in this driver before the generation phase
         for line in f.read_text(encoding="utf-8").splitlines():
@@ -132,6 +133,9 @@ def main() -> None:
                     spans.append(rec["span"][:2])
             else:
                 calls.append((rec["kind"], rec["kwargs"]))
+                if not by_actor or by_actor[-1][0] != f.name:
+                    by_actor.append((f.name, []))
+                by_actor[-1][1].append(calls[-1])
     in_flight = mean_in_flight(spans, marks["gen_start"], marks["gen_end"])
     conc = max(1, round(in_flight))
     print(f"pipeline: {len(calls)} requests, {tokens} completion tokens in {gen_s:.1f} s of generation = "
@@ -141,8 +145,12 @@ def main() -> None:
     load1 = os.getloadavg()[0]
     client = TeacherClient(endpoint.base_url, cfg.teacher.model, endpoint.api_key, max_concurrency=conc,
                            timeout_s=c.timeout_s, max_retries=c.max_retries)
+    # Stage by stage (each stage actor's requests together, in pipeline order):
+    # every teacher batch then holds requests of one kind and token budget, the
+    # teacher's best case at this concurrency (a mixed batch waits for its
+    # longest request).
     t0 = time.perf_counter()
-    replies = client.run_many(calls)
+    replies = [r for _, group in by_actor for r in client.run_many(group)]
     direct_s = time.perf_counter() - t0
     client.close()
     d_tokens = sum(r.completion_tokens for r in replies)
