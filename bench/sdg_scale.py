@@ -83,7 +83,16 @@ def child(args) -> None:
 
     from lab_ray.teacher.app import init_ray
 
-    init_ray(cfg.ray)
+    for attempt in range(3):  # a local Ray start can miss its window on a loaded machine
+        try:
+            init_ray(cfg.ray)
+            break
+        except Exception as e:  # noqa: BLE001
+            if attempt == 2:
+                raise
+            print(f"ray start failed ({e}); retrying", flush=True)
+            ray.shutdown()
+            time.sleep(5)
     (work / "session").write_text(ray.get_runtime_context().gcs_address + "\n" +
                                   str(Path(ray._private.worker._global_node.get_session_dir_path()).name))
     t0 = time.perf_counter()
