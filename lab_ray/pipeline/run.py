@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -78,6 +79,11 @@ def run_pipeline(cfg) -> dict:
     journal.finish("validate", leaves=len(tax.leaves))
     OmegaConf.save(cfg, rdir / "config.yaml")
     pending = not all(journal.done(step) for step in ("generate", "train", "eval"))
+    if cfg.ray.address is None and cfg.ray.num_cpus is None:
+        # The teacher replica holds its CPUs for the whole run while mostly idle
+        # during training; without extra logical CPUs Ray Data's tokenisation
+        # tasks and the train workers would wait on it forever.
+        cfg.ray.num_cpus = (os.cpu_count() or 2) + int(math.ceil(cfg.teacher.num_cpus)) + 1
     with teacher_endpoint(cfg) if pending else contextlib.nullcontext((None, None)) as (url, key):
         # Everything after this point reaches the same teacher.
         cfg.teacher.base_url = url
