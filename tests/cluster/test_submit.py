@@ -48,7 +48,7 @@ def ray_head(tmp_path_factory):
          f"--ray-client-server-port={_free_port()}"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dash}"
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while time.time() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", dash), timeout=1):
@@ -67,7 +67,7 @@ def ray_head(tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _submit(address: str, *command: str, timeout: int = 300):
+def _submit(address: str, *command: str, timeout: int = 600):
     return subprocess.run(
         [str(BIN / "lab-ray"), "submit", "--address", address, f"submit.working_dir={REPO}", "--", *command],
         capture_output=True, text=True, timeout=timeout, cwd=REPO, env=_env())

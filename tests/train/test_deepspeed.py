@@ -27,7 +27,7 @@ def test_zero2_phase_trains_checkpoints_and_loads(tmp_path, train_proc):
                                 "train.knowledge_long.enabled=false", "train.skills.enabled=false",
                                 "train.knowledge_short.max_steps=2", "train.knowledge_short.max_seq_len=128",
                                 "train.knowledge_short.grad_accum=2", "train.knowledge_short.checkpoint_every=1"])
-    assert p.wait(600) == 0, p.output()[-3000:]
+    assert p.wait(1200) == 0, p.output()[-3000:]
     tdir = root / "ds" / "train"
     journal = json.loads((tdir / "journal.json").read_text())
     ks = journal["phases"]["knowledge_short"]

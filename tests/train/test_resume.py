@@ -52,10 +52,10 @@ def test_sigkill_mid_phase_then_rerun_continues(tmp_path, train_proc):
     assert journal["phases"]["knowledge_long"]["status"] == "running"
 
     second = train_proc(root, "r", extra)
-    assert second.wait(900) == 0, second.output()[-3000:]
+    assert second.wait(1500) == 0, second.output()[-3000:]
     after = _records(metrics)[len(before):]
     # A finished phase is never repeated.
-    assert not [r for r in after if r.get("phase") == "knowledge_short"]
+    assert not [r for r in after if r.get("phase") == "knowledge_short" and r.get("event") in ("step", "checkpoint")]
     # The interrupted phase resumes after its last reported checkpoint and finishes.
     new_steps = [r["step"] for r in after if r.get("phase") == "knowledge_long" and r["event"] == "step"]
     # (+2: the kill may land after Ray Train persisted a checkpoint but before its metrics line.)

@@ -41,7 +41,7 @@ def test_all_phases_end_to_end(tmp_path, train_proc):
         "train.knowledge_short.max_steps=2", "train.knowledge_long.max_steps=1", "train.skills.max_steps=2",
         "train.knowledge_short.lr=3e-4", "train.knowledge_long.lr=3e-4", "train.skills.lr=3e-4",
         "train.knowledge_short.checkpoint_every=1", "train.skills.checkpoint_every=1"])
-    code = p.wait(900)
+    code = p.wait(1500)
     out = p.output()
     assert code == 0, out[-3000:]
     tdir = tmp_path / "runs" / "e2e" / "train"
