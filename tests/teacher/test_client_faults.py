@@ -78,9 +78,13 @@ def test_exhausted_retries_become_per_row_errors_with_reasons(server):
 
 
 def test_unreachable_server_is_a_connection_error_per_row():
-    from conftest import free_port
+    import socket
 
-    client = _client(f"http://127.0.0.1:{free_port()}/v1", max_retries=1)
+    # (not `from conftest import free_port`: in a whole-suite run `conftest` is another directory's)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = _client(f"http://127.0.0.1:{port}/v1", max_retries=1)
     replies = client.run_many([_chat("z|ok"), ("complete", {"prompt": "z|ok"})])
     client.close()
     assert [(r.ok, r.error, r.attempts) for r in replies] == [(False, "connection", 2)] * 2
