@@ -92,6 +92,8 @@ def test_mixes_two_real_ray_datasets(tmp_path):
         with open(tmp_path / name / "part-0.jsonl", "w") as f:
             for i in range(n):
                 f.write(json.dumps({"id": f"{name}{i}"}) + "\n")
+    if ray.is_initialized():  # a Ray left by an earlier test in a whole-suite run
+        ray.shutdown()
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         ctx = ray.data.DataContext.get_current()
