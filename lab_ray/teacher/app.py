@@ -81,6 +81,10 @@ def deploy(cfg, ray_cfg) -> TeacherEndpoint:
 
 
 def shutdown() -> None:
+    """Tear down Serve on the connected cluster; a no-op when no cluster is connected
+    (serve.shutdown() would otherwise start a fresh one just to shut it down)."""
+    import ray
     from ray import serve
 
-    serve.shutdown()
+    if ray.is_initialized():
+        serve.shutdown()

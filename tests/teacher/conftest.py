@@ -1,4 +1,4 @@
-"""One real CPU teacher deployment on a local Ray cluster for the whole module."""
+"""One real CPU teacher deployment on a local Ray cluster for the module that uses it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def teacher():
     """The embedded CPU teacher, with an API key, on 127.0.0.1; yields (endpoint, cfg)."""
     import ray
