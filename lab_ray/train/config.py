@@ -48,6 +48,8 @@ class SelectionConfig:
     scorers: List[str] = field(default_factory=lambda: ["lab_ray.train.selection:heldout_loss"])
     metric: str = "heldout_loss"
     mode: str = "min"  # min | max
+    # Among candidates tied on `metric`, the lowest value of this one wins ("" = the latest wins).
+    tiebreak: str = "heldout_loss"
     # Held-out rows per phase used by the held-out-loss scorer (a bound on its cost).
     max_heldout_rows: int = 64
 

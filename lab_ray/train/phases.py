@@ -165,7 +165,7 @@ def _select(cfg, group: str, phases: tuple, journal: Journal, tdir: Path) -> str
         return None
     t0 = time.time()
     scores = score_all(candidates, group, cfg)
-    best = choose(scores, cfg.train.selection.metric, cfg.train.selection.mode)
+    best = choose(scores, cfg.train.selection.metric, cfg.train.selection.mode, cfg.train.selection.tiebreak)
     journal.data["selection"][group] = {"scores": scores, "selected": best, "metric": cfg.train.selection.metric,
                                         "mode": cfg.train.selection.mode, "wall_s": time.time() - t0}
     journal.save()

@@ -105,16 +105,25 @@ def score_all(candidates: list[str], group: str, cfg) -> dict[str, dict[str, flo
     return dict(zip(candidates, results))
 
 
-def choose(scores: dict[str, dict[str, float]], metric: str, mode: str) -> str:
-    """Best candidate by metric; nan/missing lose; ties and all-missing go to the latest."""
+def _value(scores: dict[str, float], key: str) -> float | None:
+    v = scores.get(key)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def choose(scores: dict[str, dict[str, float]], metric: str, mode: str, tiebreak: str = "heldout_loss") -> str:
+    """Best candidate by metric; nan/missing lose. Candidates tied on the metric go to the
+    lowest `tiebreak` (held-out loss by default: a coarse eval score ties often), then to the
+    latest; all-missing goes to the latest."""
     if mode not in ("min", "max"):
         raise ConfigError(f"train.selection.mode={mode!r}: use min or max")
-    best, best_v = None, None
-    for ckpt, s in scores.items():  # candidates are in training order
-        v = s.get(metric)
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
-        if best_v is None or (v <= best_v if mode == "min" else v >= best_v):
-            best, best_v = ckpt, v
-    return best if best is not None else list(scores)[-1]
-
+    valued = {c: v for c, s in scores.items() if (v := _value(s, metric)) is not None}
+    if not valued:
+        return list(scores)[-1]
+    best_v = min(valued.values()) if mode == "min" else max(valued.values())
+    tied = [c for c, v in valued.items() if math.isclose(v, best_v, rel_tol=1e-9, abs_tol=1e-12)]
+    if tiebreak and len(tied) > 1:
+        broken = [(t, c) for c in tied if (t := _value(scores[c], tiebreak)) is not None]
+        if broken:
+            low = min(t for t, _ in broken)
+            tied = [c for t, c in broken if t == low]
+    return tied[-1]  # candidates are in training order
