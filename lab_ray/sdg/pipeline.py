@@ -126,6 +126,7 @@ def run_generation(cfg, teacher_spec: dict) -> GenerateResult:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = bool(cfg.sdg.progress) and not os.environ.get("CI")
     ctx.execution_options.verbose_progress = False
+    t_gen = time.time()
     if todo > 0:
         specs_ref = ray.put(spec_dicts)
         k = int(cfg.sdg.examples_per_prompt)
@@ -153,8 +154,18 @@ def run_generation(cfg, teacher_spec: dict) -> GenerateResult:
                             num_cpus=0.05)
         for _ in ds.iter_batches(batch_size=None):
             pass
+        _add_generation_seconds(out, time.time() - t_gen)
     stats = finalize(cfg, out)
     return GenerateResult(run_dir(cfg), total, planned_done, stats)
+
+
+def _add_generation_seconds(out: Path, seconds: float) -> None:
+    """Wall time of the generation passes, summed over resumes (the report's throughput)."""
+    path = out / "timing.json"
+    prev = json.loads(path.read_text()).get("generation_seconds", 0.0) if path.exists() else 0.0
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"generation_seconds": prev + seconds}))
+    os.replace(tmp, path)
 
 
 def _stages(specs: list[LeafSpec]) -> list:
@@ -224,6 +235,9 @@ def finalize(cfg, out: Path) -> dict:
     for phase in ("knowledge_train", "skills_train"):
         (data_tmp / phase).mkdir(parents=True, exist_ok=True)
     stats = funnel(_sum_stats(partial))
+    timing = out / "timing.json"
+    if timing.exists():
+        stats["total"]["seconds"] = round(json.loads(timing.read_text())["generation_seconds"], 3)
     recipe = {"taxonomy": str(cfg.taxonomy.path), "teacher": cfg.teacher.model, "phases": {}}
     for phase, leaves_branch in (("knowledge_train", "knowledge + foundational_skills"),
                                  ("skills_train", "compositional_skills")):

@@ -136,5 +136,6 @@ def check_run(run_dir: Path, quotas: dict[str, int]) -> dict:
     total = stats["total"]
     assert total["rows"] == sum(quotas.values()) and total["kept"] == len(ok)
     assert total["dropped"] == dict(Counter(dropped["drop_reason"]))
+    assert total["seconds"] > 0  # generation wall time, for the report's throughput
     return {"shards": shards, "final": final, "ok": ok, "dropped": dropped, "samples": samples,
             "phases": phases, "stats": stats, "recipe": recipe}
