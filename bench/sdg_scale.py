@@ -81,7 +81,7 @@ def child(args) -> None:
     pipeline.finalize = timed_finalize
     import ray
 
-    from lab_ray.teacher.app import init_ray
+    from lab_ray.ray_cluster import init_ray
 
     for attempt in range(3):  # a local Ray start can miss its window on a loaded machine
         try:

@@ -86,7 +86,8 @@ def main() -> None:
 
     from lab_ray.config import load_config
     from lab_ray.sdg import pipeline
-    from lab_ray.teacher.app import deploy, init_ray
+    from lab_ray.ray_cluster import init_ray
+    from lab_ray.teacher.app import deploy
 
     work = Path(tempfile.mkdtemp(prefix="sdg-teacher-bound-"))
     logs = work / "logs"

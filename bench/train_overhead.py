@@ -64,6 +64,7 @@ def main() -> None:
     from lab_ray.config import load_config
     from lab_ray.embedded_model import resolve_model
     from lab_ray.train import phases
+    from lab_ray.ray_cluster import init_ray
     from lab_ray.train.tokenize import load_tokenizer, shift_targets, tokenize_conversation
 
     torch.set_num_threads(a.threads)
@@ -85,7 +86,7 @@ def main() -> None:
 
     bare1, bare_wall1 = bare_loop(rows, a.steps, a.max_seq_len, 1e-5)
     t0 = time.perf_counter()
-    phases.init_ray(cfg)
+    init_ray(cfg.ray)
     tdir = (root / "bench" / "train").resolve()
     tdir.mkdir(parents=True, exist_ok=True)
     journal = phases.Journal(tdir / "journal.json")

@@ -24,7 +24,8 @@ def register(sub, common) -> None:
 @contextlib.contextmanager
 def teacher_endpoint(cfg):
     """An endpoint for the run: the configured URL, or a teacher deployed for it."""
-    from lab_ray.teacher.app import api_key, deploy, init_ray, shutdown
+    from lab_ray.ray_cluster import init_ray
+    from lab_ray.teacher.app import api_key, deploy, shutdown
 
     init_ray(cfg.ray)
     if cfg.teacher.base_url or cfg.teacher.backend == "openai":
@@ -39,7 +40,7 @@ def teacher_endpoint(cfg):
 
 def generate(cfg):
     from lab_ray.sdg.pipeline import _teacher_spec, run_generation
-    from lab_ray.teacher.app import init_ray
+    from lab_ray.ray_cluster import init_ray
 
     if cfg.sdg.test_teacher:  # tests and benchmarks: an in-process test teacher, no endpoint
         init_ray(cfg.ray)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from omegaconf import OmegaConf
 
 from lab_ray.errors import ConfigError, LabRayError
+from lab_ray.ray_cluster import init_ray
 
 
 @dataclass
@@ -19,20 +20,6 @@ class TeacherEndpoint:
 
 def api_key(cfg) -> str | None:
     return os.environ.get(cfg.api_key_env) or cfg.api_key or None
-
-
-def init_ray(ray_cfg) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    kwargs = {"include_dashboard": bool(ray_cfg.include_dashboard), "configure_logging": True,
-              "log_to_driver": False}
-    if ray_cfg.address:
-        ray.init(address=ray_cfg.address, **kwargs)
-    else:
-        # "local": always a fresh in-process cluster, never a stale one found in /tmp/ray
-        ray.init(address="local", num_cpus=ray_cfg.num_cpus, **kwargs)
 
 
 def deployment_options(cfg) -> dict:

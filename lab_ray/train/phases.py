@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from lab_ray.config import run_dir
 from lab_ray.errors import ConfigError, LabRayError
+from lab_ray.ray_cluster import init_ray
 from lab_ray.train import metrics as M
 from lab_ray.train.config import PHASES
 from lab_ray.train.selection import choose, data_dir, score_all
@@ -47,26 +48,6 @@ class Journal:
 
     def phase(self, name: str) -> dict:
         return self.data["phases"].setdefault(name, {"status": "pending"})
-
-
-def init_ray(cfg) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    kwargs = dict(include_dashboard=bool(cfg.ray.include_dashboard), log_to_driver=False, configure_logging=True)
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, **kwargs)
-        return
-    for attempt in range(3):
-        try:
-            ray.init(address="local", num_cpus=cfg.ray.num_cpus, **kwargs)
-            return
-        except Exception as e:  # Ray gives a starting raylet 30 s; an overloaded box can miss that
-            if "timed out during startup" not in str(e) or attempt == 2:
-                raise
-            ray.shutdown()
 
 
 def _files(ddir: Path, sub: str) -> list[str]:
@@ -195,7 +176,7 @@ def run_training(cfg) -> dict:
     tdir.mkdir(parents=True, exist_ok=True)
     journal = Journal(tdir / "journal.json")
     base = resolve_model(tc.init_from or tc.model)
-    init_ray(cfg)
+    init_ray(cfg.ray)
     start = PHASES.index(tc.start_phase)
     init = base
     with M.LiveView(tdir / "metrics.jsonl", bool(tc.live)):

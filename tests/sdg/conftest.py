@@ -11,7 +11,7 @@ def ray_cluster():
     import ray
 
     from lab_ray.config import load_config
-    from lab_ray.teacher.app import init_ray
+    from lab_ray.ray_cluster import init_ray
 
     init_ray(load_config(["ray.num_cpus=4"]).ray)
     yield
