@@ -151,26 +151,36 @@ class Engine:
 
     @torch.no_grad()
     def choice_logprobs_many(self, items: list[tuple[list[int], list[str]]]) -> list[dict[str, float]]:
-        """Score the choices of several prompts in one right-padded forward pass."""
-        rows, spans = [], []  # spans: (item, choice, row index, prompt length)
-        for k, (prompt_ids, choices) in enumerate(items):
-            for c in choices:
-                spans.append((k, c, len(rows), len(prompt_ids)))
-                rows.append(prompt_ids + self.tokenizer.encode(c, add_special_tokens=False))
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        logits = self.model(input_ids=ids, attention_mask=mask).logits
-        scores: list[dict[str, float]] = [{} for _ in items]
-        for k, choice, i, start in spans:
-            row = rows[i]
-            if len(row) == start:  # the empty string: log P = 0
-                scores[k][choice] = 0.0
-                continue
-            positions = torch.arange(start - 1, len(row) - 1)
-            logp = logits[i, positions].float().log_softmax(-1)
-            scores[k][choice] = float(logp[torch.arange(len(positions)), torch.tensor(row[start:])].sum())
+        """log P(choice | prompt) for each item's allowed strings.
+
+        The prompt runs once per item and its KV cache is shared by the choices
+        (a 1-10 scale is ten choices: scoring each as prompt + choice would run
+        the prompt ten times). Logits are kept only where a choice token is
+        scored, never over the whole prompt (vocab x positions is the largest
+        tensor of the pass).
+        """
+        return [self._score_choices(prompt_ids, choices) for prompt_ids, choices in items]
+
+    def _score_choices(self, prompt_ids: list[int], choices: list[str]) -> dict[str, float]:
+        toks = {c: self.tokenizer.encode(c, add_special_tokens=False) for c in choices}
+        out = self.model(input_ids=torch.tensor([prompt_ids]), use_cache=True, logits_to_keep=1)
+        first = out.logits[0, -1].float().log_softmax(-1)
+        scores = {c: (float(first[t[0]]) if t else 0.0) for c, t in toks.items()}  # the empty string: log P = 0
+        longer = [c for c, t in toks.items() if len(t) > 1]
+        if longer:
+            # The rest of each multi-token choice, right-padded, on copies of the prompt's cache.
+            cache = out.cache
+            cache.batch_repeat_interleave(len(longer))
+            width = max(len(toks[c]) - 1 for c in longer)
+            pad = self.tokenizer.pad_token_id
+            rest = [toks[c][:-1] for c in longer]
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in rest])
+            mask = torch.tensor([[1] * len(prompt_ids) + [1] * len(r) + [0] * (width - len(r)) for r in rest])
+            logp = self.model(input_ids=ids, attention_mask=mask, cache=cache,
+                              use_cache=False).logits.float().log_softmax(-1)
+            for i, c in enumerate(longer):
+                nxt = toks[c][1:]
+                scores[c] += float(logp[i, torch.arange(len(nxt)), torch.tensor(nxt)].sum())
         return scores
 
     def _choose(self, units: list[GenUnit]) -> list[GenResult]:
