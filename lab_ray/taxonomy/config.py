@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 # SPDX ids of the usual open licences. The LAB paper only generates from
 # documents whose licence permits it; anything else needs an explicit opt-out.

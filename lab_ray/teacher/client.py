@@ -17,7 +17,6 @@ a private event-loop thread so connections survive across batches.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import random
 import threading

@@ -11,7 +11,6 @@ import pytest
 from fixture_paths import COMMUNITY_TAXONOMY, KNOWLEDGE_DOCS, requires_fixtures
 from sdg_helpers import SAMPLE_LEAVES, check_run, faulty_spec, instant_spec, sdg_config
 
-from lab_ray.sdg.fake_teachers import read_fates
 
 pytestmark = pytest.mark.slow
 
