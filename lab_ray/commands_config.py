@@ -1,4 +1,4 @@
-"""`lab-ray config show`: print the resolved configuration."""
+"""`lab-ray config show` (the resolved configuration) and `lab-ray config reference`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ def register(sub, common) -> None:
     show = csub.add_parser("show", parents=[common], help="print the resolved config (after overrides)")
     show.add_argument("overrides", nargs="*", metavar="key=value")
     show.set_defaults(handler=_show)
+    ref = csub.add_parser("reference", parents=[common],
+                          help="print the configuration reference (Markdown: every key, type, default, meaning)")
+    ref.set_defaults(handler=_reference)
 
 
 def _show(ns: argparse.Namespace) -> int:
@@ -25,4 +28,11 @@ def _show(ns: argparse.Namespace) -> int:
         raise ConfigError(f"config show takes only key=value overrides, not {positional[0]!r}")
     cfg = load_config(overrides, ns.config)
     print(to_yaml(cfg), end="")
+    return 0
+
+
+def _reference(ns: argparse.Namespace) -> int:
+    from lab_ray.config_reference import reference_markdown
+
+    print(reference_markdown(), end="")
     return 0

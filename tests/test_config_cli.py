@@ -80,3 +80,16 @@ def test_unknown_command_is_argparse_usage(cli):
     with pytest.raises(SystemExit) as e:
         cli("no-such-command")
     assert e.value.code == 2
+
+
+def test_config_reference_is_generated_and_docs_config_md_is_current(cli, monkeypatch):
+    """docs/config.md is `lab-ray config reference` verbatim; regenerate it after changing the config."""
+    from pathlib import Path
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # ray.address defaults to $RAY_ADDRESS
+
+    code, out, err = cli("config", "reference")
+    assert code == 0, err
+    assert "| `sdg.samples_per_leaf` | int |" in out and "| `train.selection.tiebreak` | str |" in out
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text() == out, "docs/config.md is stale: run `lab-ray config reference > docs/config.md`"
