@@ -76,6 +76,9 @@ class SDGConfig:
     # Ray Data: rows per batch sent to a stage actor, actors per stage.
     batch_size: int = 16
     actors_per_stage: int = 1
+    # Memory Ray reserves for each stage actor (a stage actor is ~125 MB RSS; Ray Data
+    # warns and the scheduler may overpack a node when actors request none).
+    actor_memory_mb: int = 256
     # Generate only for leaves changed against taxonomy.base ("empty" = all).
     only_changed: bool = False
     leaves: List[str] = field(default_factory=list)  # explicit leaf paths (optional)

@@ -148,7 +148,7 @@ def run_generation(cfg, teacher_spec: dict) -> GenerateResult:
         for stage_cls in _stages(specs):
             ds = ds.map_batches(stage_cls, fn_constructor_args=(teacher_spec, sdg, calibration),
                                 batch_size=cfg.sdg.batch_size, batch_format="pandas", compute=pool,
-                                num_cpus=0.05, max_concurrency=2)
+                                num_cpus=0.05, max_concurrency=2, memory=int(cfg.sdg.actor_memory_mb) * 2**20)
         ds = ds.map_batches(ShardWriter, fn_constructor_args=(str(shards),), batch_format="pandas",
                             batch_size=max(cfg.sdg.batch_size, 64), compute=ray.data.ActorPoolStrategy(size=1),
                             num_cpus=0.05)
