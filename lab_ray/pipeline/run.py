@@ -125,6 +125,7 @@ def run_pipeline(cfg) -> dict:
     console.rule("report")
     report = write_report(rdir, cfg)
     journal.finish("report", path=str(report))
-    console.print(f"done in {time.time() - t_start:.0f} s. model: {final}")
-    console.print(f"report: {report}")
+    # soft_wrap: paths stay on one line, copyable
+    console.print(f"done in {time.time() - t_start:.0f} s.\nmodel:  {final}\nreport: {report} (+ .html)",
+                  soft_wrap=True)
     return journal.data
