@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from proc_marks import kill_marked
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,28 +19,6 @@ TINY = ["train=cpu-tiny", "train.num_workers=2", "train.cpus_per_worker=0.5", "t
         "train.knowledge_short.max_seq_len=256", "train.knowledge_long.max_seq_len=256",
         "train.skills.max_seq_len=256", "train.pack_window=64", "train.selection.max_heldout_rows=8",
         "ray.num_cpus=2"]
-
-
-def marked_pids(mark: str) -> list[int]:
-    """Processes carrying our marker in their environment (the subprocess and its Ray children)."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if f"LAB_RAY_TEST_MARK={mark}".encode() in (d / "environ").read_bytes().split(b"\0"):
-                pids.append(int(d.name))
-        except OSError:
-            continue
-    return pids
-
-
-def kill_marked(mark: str) -> None:
-    for pid in marked_pids(mark):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class TrainProc:
