@@ -58,7 +58,7 @@ def deploy(cfg, ray_cfg) -> TeacherEndpoint:
     else:
         from lab_ray.teacher.serve_vllm import build_vllm_app
 
-        app = build_vllm_app(cfg)
+        app = build_vllm_app(cfg, api_key(cfg))
     try:
         serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
     except Exception as e:  # a replica that cannot start surfaces here

@@ -26,6 +26,29 @@ from typing import Any
 import httpx
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
+CHOICE_FIELDS = {"guided_choice", "structured_outputs"}
+
+
+def choice_logprobs_from_top(logprobs: Any, choices: list[str]) -> dict[str, float] | None:
+    """log P(choice) from the first generated token's top_logprobs (OpenAI chat format).
+
+    For servers that constrain the choice but do not score every choice (vLLM):
+    each choice takes the best-scoring top token that starts it. Exact when the
+    choices differ in their first token (yes/no, 1..3); None when any choice is
+    missing from the top list (the verdict then has no probability, as before).
+    """
+    try:
+        top = logprobs["content"][0]["top_logprobs"]
+    except (TypeError, KeyError, IndexError):
+        return None
+    out: dict[str, float] = {}
+    for choice in choices:
+        hits = [t["logprob"] for t in top
+                if isinstance(t, dict) and t.get("token", "").strip() and choice.startswith(t["token"].strip())]
+        if not hits:
+            return None
+        out[choice] = max(hits)
+    return out
 
 
 @dataclass
@@ -73,7 +96,12 @@ class Usage:
 class TeacherClient:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, *, max_concurrency: int = 16,
                  timeout_s: float = 300.0, max_retries: int = 3, backoff_base_s: float = 0.5,
-                 backoff_max_s: float = 20.0, seed: int | None = None):
+                 backoff_max_s: float = 20.0, seed: int | None = None, choice_field: str = "guided_choice",
+                 choice_top_logprobs: int = 0):
+        if choice_field not in CHOICE_FIELDS:
+            raise ValueError(f"teacher.client.choice_field must be one of {sorted(CHOICE_FIELDS)}, not {choice_field!r}")
+        self.choice_field = choice_field
+        self.choice_top_logprobs = choice_top_logprobs
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key = api_key
@@ -99,7 +127,8 @@ class TeacherClient:
         url = base_url or teacher_cfg.base_url or f"http://{teacher_cfg.host}:{teacher_cfg.port}/v1"
         return cls(url, teacher_cfg.model, api_key or configured_key(teacher_cfg), max_concurrency=c.max_concurrency,
                    timeout_s=c.timeout_s, max_retries=c.max_retries, backoff_base_s=c.backoff_base_s,
-                   backoff_max_s=c.backoff_max_s)
+                   backoff_max_s=c.backoff_max_s, choice_field=c.choice_field,
+                   choice_top_logprobs=c.choice_top_logprobs)
 
     # -- async API ------------------------------------------------------------
     async def chat(self, messages: list[dict], **params) -> TeacherReply:
@@ -109,9 +138,15 @@ class TeacherClient:
         return await self._request("/completions", {"prompt": prompt, **params}, chat=False)
 
     async def choose(self, messages: list[dict], choices: list[str], **params) -> TeacherReply:
-        """Constrained choice (vLLM's guided_choice); the reply's text is one of `choices`."""
-        reply = await self.chat(messages, guided_choice=list(choices), max_tokens=params.pop("max_tokens", 16),
+        """Constrained choice (vLLM's guided_choice / structured_outputs); the reply's text is one of `choices`."""
+        constraint = ({"guided_choice": list(choices)} if self.choice_field == "guided_choice"
+                      else {"structured_outputs": {"choice": list(choices)}})
+        if self.choice_top_logprobs:
+            constraint.update(logprobs=True, top_logprobs=self.choice_top_logprobs)
+        reply = await self.chat(messages, **constraint, max_tokens=params.pop("max_tokens", 16),
                                 temperature=params.pop("temperature", 0.0), **params)
+        if reply.ok and not reply.choice_logprobs:
+            reply.choice_logprobs = choice_logprobs_from_top(reply.logprobs[0] if reply.logprobs else None, choices)
         if reply.ok and reply.text not in choices:
             # A server that ignores guided_choice: salvage a verbatim answer, else count as garbage.
             found = [c for c in choices if c.lower() in reply.text.lower()]

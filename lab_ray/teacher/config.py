@@ -28,6 +28,12 @@ class ClientConfig:
     max_retries: int = 3
     backoff_base_s: float = 0.5
     backoff_max_s: float = 20.0
+    # How a constrained choice is asked for: "guided_choice" (our CPU app, vLLM < 0.12)
+    # or "structured_outputs" (vLLM >= 0.12 removed guided_choice and silently ignores it).
+    choice_field: str = "guided_choice"
+    # Ask for first-token top_logprobs with each choice, so a server that returns no
+    # per-choice likelihood (vLLM) still gives verdicts a probability.
+    choice_top_logprobs: int = 0
 
 
 @dataclass

@@ -9,6 +9,8 @@ Steps:
   ok            200, an OpenAI reply with usage 7 prompt / 3 completion tokens per choice
                 (honours guided_choice: answers its first string)
   free          like ok but ignores guided_choice (free text, as a server without it would)
+  vllm          like vLLM >= 0.12: ignores guided_choice, honours structured_outputs.choice
+                (answers its last string) and returns first-token top_logprobs, no choice_logprobs
   500, 503      that status with an OpenAI-style JSON error
   429           429 without Retry-After
   429ra=<s>     429 with ``Retry-After: <s>``
@@ -147,7 +149,7 @@ class FaultyServer:
                 elif step.startswith("slow="):
                     time.sleep(float(step.split("=", 1)[1]))
                     step = "ok"
-                if step in ("ok", "free"):
+                if step in ("ok", "free", "vllm"):
                     n = int(body.get("n") or 1)
                     if chat:
                         choices = [{"index": i, "message": {"role": "assistant", "content": f"reply {row} {i}"},
@@ -158,6 +160,14 @@ class FaultyServer:
                     if body.get("guided_choice") and step == "ok":
                         choices[0]["message"]["content"] = body["guided_choice"][0]
                         choices[0]["choice_logprobs"] = {c: -float(k + 1) for k, c in enumerate(body["guided_choice"])}
+                    allowed = (body.get("structured_outputs") or {}).get("choice")
+                    if allowed and step == "vllm":
+                        choices[0]["message"]["content"] = allowed[-1]
+                        if body.get("logprobs"):
+                            # last choice most likely; a leading-space token, as BPE vocabularies give
+                            top = [{"token": " " + c[:1], "logprob": -0.5 * k} for k, c in enumerate(reversed(allowed))]
+                            choices[0]["logprobs"] = {"content": [{"token": allowed[-1][:1], "logprob": -0.0,
+                                                                   "top_logprobs": top[: body.get("top_logprobs", 0)]}]}
                     completion = COMPLETION_TOKENS * n
                     reply = {"id": "x", "object": "chat.completion" if chat else "text_completion", "created": 0,
                              "model": body.get("model"), "choices": choices,

@@ -148,6 +148,36 @@ def test_choice_answered_with_free_text_is_an_unparsable_failure(server):
     assert client.usage.completion_tokens == 2 * COMPLETION_TOKENS
 
 
+def test_structured_outputs_choice_with_top_logprobs_like_vllm(server):
+    # vLLM >= 0.12 ignores guided_choice: with it the answer is free text, an unparsable row.
+    old = _client(server.base_url).run_many([
+        ("choose", {"messages": [{"role": "user", "content": "a|vllm"}], "choices": ["yes", "no"]})])
+    assert (old[0].ok, old[0].error) == (False, "unparsable")
+    client = _client(server.base_url, choice_field="structured_outputs", choice_top_logprobs=5)
+    replies = client.run_many([
+        ("choose", {"messages": [{"role": "user", "content": "b|vllm"}], "choices": ["yes", "no"]}),
+        ("choose", {"messages": [{"role": "user", "content": "c|vllm"}], "choices": ["1", "2", "3"]}),
+    ])
+    client.close()
+    assert [r.text for r in replies] == ["no", "3"]
+    probs = replies[0].choice_probs()
+    assert probs is not None and probs["no"] > probs["yes"] and abs(sum(probs.values()) - 1) < 1e-9
+    assert replies[1].choice_logprobs == {"3": 0.0, "2": -0.5, "1": -1.0}
+
+
+def test_choice_logprobs_missing_from_top_list_give_no_probability(server):
+    client = _client(server.base_url, choice_field="structured_outputs", choice_top_logprobs=1)
+    reply = client.run_many([
+        ("choose", {"messages": [{"role": "user", "content": "d|vllm"}], "choices": ["yes", "no"]})])[0]
+    client.close()
+    assert reply.ok and reply.text == "no" and reply.choice_logprobs is None
+
+
+def test_unknown_choice_field_is_refused():
+    with pytest.raises(ValueError, match="choice_field"):
+        TeacherClient("http://127.0.0.1:9/v1", "m", choice_field="guided_json")
+
+
 def test_retry_after_is_honoured_and_capped(server):
     client = _client(server.base_url, backoff_max_s=0.6)
     client.run_many([_chat("ra|429ra=0.4,ok"), _chat("cap|429ra=30,ok"), _chat("nora|429,ok")])
