@@ -36,6 +36,9 @@ class KnowledgeConfig:
     chunk_tokens: int = 320
     chunk_overlap: int = 48
     max_tokens: int = 160
+    # The teacher's context in tokens; null = read it from a local teacher's model
+    # config (a remote teacher's is unknown: then nothing is checked up front).
+    teacher_context_tokens: Optional[int] = None
 
 
 @dataclass

@@ -67,6 +67,39 @@ def _tokenizer(cfg):
         return AutoTokenizer.from_pretrained(resolve_model("SmolLM2-135M-Instruct"))
 
 
+# Room the knowledge prompt needs besides the chunk and the answer: system text,
+# principles, the leaf's own example (its context is a few hundred tokens at most).
+PROMPT_ALLOWANCE_TOKENS = 768
+
+
+def check_chunks_fit(cfg, tokenizer) -> None:
+    """A chunk plus prompt plus answer must fit the teacher's context, or every
+    knowledge request would come back as a 400 and be dropped as a teacher error."""
+    from lab_ray.errors import ConfigError
+
+    k = cfg.sdg.knowledge
+    context = k.teacher_context_tokens or _local_context_length(cfg)
+    if not context:
+        return  # a remote teacher whose context we cannot know: its 400s are counted per row
+    need = k.chunk_tokens + k.max_tokens + PROMPT_ALLOWANCE_TOKENS
+    if need > context:
+        raise ConfigError(f"sdg.knowledge.chunk_tokens ({k.chunk_tokens}) + sdg.knowledge.max_tokens ({k.max_tokens}) "
+                          f"+ ~{PROMPT_ALLOWANCE_TOKENS} prompt tokens = {need} exceed the teacher's context of "
+                          f"{context} tokens: lower chunk_tokens or max_tokens")
+
+
+def _local_context_length(cfg) -> int | None:
+    from transformers import AutoConfig
+
+    from lab_ray.embedded_model import resolve_model
+
+    try:
+        mcfg = AutoConfig.from_pretrained(resolve_model(cfg.teacher.model_path or cfg.teacher.model))
+    except (OSError, ValueError):
+        return None
+    return getattr(mcfg, "max_position_embeddings", None)
+
+
 def build_plan(cfg) -> list[LeafSpec]:
     """One small spec per selected leaf (examples, chunks, persona, quota)."""
     tax = _select_leaves(cfg)
@@ -75,6 +108,8 @@ def build_plan(cfg) -> list[LeafSpec]:
                  "knowledge_qa", "knowledge_faithfulness", "knowledge_relevance", "knowledge_question"):
         load_prompt(name, cfg.sdg.prompts_dir)  # fail early on a broken prompt file
     tokenizer = _tokenizer(cfg) if any(leaf.is_knowledge for leaf in tax.leaves) else None
+    if tokenizer is not None:
+        check_chunks_fit(cfg, tokenizer)
     specs = []
     for leaf in tax.leaves:
         docs = [d.read_text(cfg.taxonomy.documents.max_document_bytes) for d in tax.documents.get(leaf.path, [])]
