@@ -106,11 +106,26 @@ def child(args) -> None:
 
 
 # -- parent: run + memory sampling ------------------------------------------------------
+def _pss(pid: int) -> int:
+    """Proportional set size: a page shared by k processes (libraries, Ray's object
+    store in /dev/shm mapped by every reader) counts 1/k per process, so the sum over
+    the tree is the tree's real footprint; summed RSS counts shared pages k times."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class TreeSampler(threading.Thread):
     def __init__(self, pid: int, session_file: Path, interval: float = 0.5):
         super().__init__(daemon=True)
         self.pid, self.session_file, self.interval = pid, session_file, interval
         self.peak, self.peak_procs, self.samples, self.stop_flag = 0, 0, 0, threading.Event()
+        self.peak_pss = 0
         self.peak_by_name: dict[str, float] = {}
         self.cpu: dict[int, float] = {}  # pid -> last seen user+system CPU seconds
 
@@ -141,10 +156,11 @@ class TreeSampler(threading.Thread):
         import psutil
 
         while not self.stop_flag.is_set():
-            rss, n, by_name = 0, 0, {}
+            rss, pss, n, by_name = 0, 0, 0, {}
             for p in self.tree():
                 try:
                     r = p.memory_info().rss
+                    pss += _pss(p.pid)
                     t = p.cpu_times()
                     name = p.name()
                 except psutil.Error:
@@ -154,6 +170,7 @@ class TreeSampler(threading.Thread):
                 self.cpu[p.pid] = t.user + t.system
                 key = name.split("(")[0][:40]
                 by_name[key] = by_name.get(key, 0) + r
+            self.peak_pss = max(self.peak_pss, pss)
             if rss > self.peak:
                 self.peak, self.peak_procs = rss, n
                 self.peak_by_name = {k: round(v / GiB, 2) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])}
@@ -183,7 +200,7 @@ def run_one(n: int, args) -> dict:
         if rc != 0 or not lines:
             raise SystemExit(f"N={n}: child failed (rc={rc})\n{out[-3000:]}")
         r = json.loads(lines[-1][7:])
-        r.update(process_wall_s=wall, peak_rss_gib=sampler.peak / GiB, peak_procs=sampler.peak_procs,
+        r.update(process_wall_s=wall, peak_rss_gib=sampler.peak / GiB, peak_pss_gib=sampler.peak_pss / GiB, peak_procs=sampler.peak_procs,
                  rss_samples=sampler.samples, tree_cpu_s=round(sum(sampler.cpu.values()), 1),
                  peak_rss_by_process=sampler.peak_by_name, samples_per_s=r["samples"] / r["wall_s"],
                  load_before=round(load0[0], 1), load_after=round(load1[0], 1))
@@ -215,11 +232,14 @@ def main() -> None:
         results[n] = r
         print(f"N={n}: {json.dumps(r)}", flush=True)
     parts = [f"N={n}: {r['wall_s']:.0f} s ({r['generate_s']:.0f} gen + {r['finalize_s']:.0f} finalize), "
-             f"{r['samples_per_s']:.0f} samples/s, peak RSS {r['peak_rss_gib']:.2f} GiB, kept {r['kept']}, "
+             f"{r['samples_per_s']:.0f} samples/s, peak PSS {r['peak_pss_gib']:.2f} GiB (summed RSS "
+             f"{r['peak_rss_gib']:.2f}), kept {r['kept']}, "
              f"load {r['load_before']}->{r['load_after']}" for n, r in results.items()]
     ns = sorted(results)
     if len(ns) > 1:
-        parts.append(f"RSS {ns[-1]}/{ns[0]} = {results[ns[-1]]['peak_rss_gib'] / results[ns[0]]['peak_rss_gib']:.2f}x")
+        hi, lo = results[ns[-1]], results[ns[0]]
+        parts.append(f"PSS {ns[-1]}/{ns[0]} = {hi['peak_pss_gib'] / lo['peak_pss_gib']:.2f}x "
+                     f"(RSS {hi['peak_rss_gib'] / lo['peak_rss_gib']:.2f}x)")
     print(f"sdg_scale ({args.leaves} leaves, batch {args.batch_size}, {os.cpu_count()} CPUs): " + " | ".join(parts))
 
 
