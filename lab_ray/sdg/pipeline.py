@@ -93,8 +93,11 @@ def _local_context_length(cfg) -> int | None:
 
     from lab_ray.embedded_model import resolve_model
 
+    local = Path(resolve_model(cfg.teacher.model_path or cfg.teacher.model)).expanduser()
+    if not local.is_dir():
+        return None  # a served model name, not a local directory: never ask a hub
     try:
-        mcfg = AutoConfig.from_pretrained(resolve_model(cfg.teacher.model_path or cfg.teacher.model))
+        mcfg = AutoConfig.from_pretrained(str(local))
     except (OSError, ValueError):
         return None
     return getattr(mcfg, "max_position_embeddings", None)
