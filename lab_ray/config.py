@@ -176,7 +176,22 @@ def load_config(overrides: Sequence[str] = (), config_file: str | None = None) -
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(f"config interpolation failed: {str(e).splitlines()[0]}")
+    _check_allowed_values(cfg)
     return cfg
+
+
+def _allowed_values() -> dict[str, tuple[str, ...]]:
+    """String keys that take one of a few values (omegaconf types them only as str)."""
+    from lab_ray.teacher.config import CHOICE_FIELDS
+
+    return {"teacher.client.choice_field": CHOICE_FIELDS}
+
+
+def _check_allowed_values(cfg: DictConfig) -> None:
+    for key, allowed in _allowed_values().items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: use one of {', '.join(allowed)}")
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -72,7 +72,7 @@ def _tokenizer(cfg):
 PROMPT_ALLOWANCE_TOKENS = 768
 
 
-def check_chunks_fit(cfg, tokenizer) -> None:
+def check_chunks_fit(cfg) -> None:
     """A chunk plus prompt plus answer must fit the teacher's context, or every
     knowledge request would come back as a 400 and be dropped as a teacher error."""
     from lab_ray.errors import ConfigError
@@ -111,8 +111,8 @@ def build_plan(cfg) -> list[LeafSpec]:
                  "knowledge_qa", "knowledge_faithfulness", "knowledge_relevance", "knowledge_question"):
         load_prompt(name, cfg.sdg.prompts_dir)  # fail early on a broken prompt file
     tokenizer = _tokenizer(cfg) if any(leaf.is_knowledge for leaf in tax.leaves) else None
-    if tokenizer is not None:
-        check_chunks_fit(cfg, tokenizer)
+    if tokenizer is not None:  # some leaf is a knowledge leaf
+        check_chunks_fit(cfg)
     specs = []
     for leaf in tax.leaves:
         docs = [d.read_text(cfg.taxonomy.documents.max_document_bytes) for d in tax.documents.get(leaf.path, [])]

@@ -5,14 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-# SPDX ids of the usual open licences. The LAB paper only generates from
-# documents whose licence permits it; anything else needs an explicit opt-out.
-DEFAULT_ALLOWED_LICENSES = [
-    "CC-BY-4.0", "CC-BY-SA-4.0", "CC-BY-3.0", "CC-BY-SA-3.0", "CC0-1.0",
-    "Apache-2.0", "MIT", "BSD-2-Clause", "BSD-3-Clause", "ISC", "Unlicense",
-    "PDDL-1.0", "ODC-By-1.0", "CDLA-Permissive-2.0", "GFDL-1.3-or-later",
-]
-
 
 @dataclass
 class DocumentsConfig:
@@ -24,7 +16,9 @@ class DocumentsConfig:
     repo_map: Dict[str, str] = field(default_factory=dict)
     # Clone repos that are not mapped (needs network); off means a clear error.
     allow_clone: bool = True
-    allowed_licenses: List[str] = field(default_factory=lambda: list(DEFAULT_ALLOWED_LICENSES))
+    # SPDX ids a document may carry; the list itself is in conf/defaults.yaml
+    # (empty here: a config built without the defaults allows nothing).
+    allowed_licenses: List[str] = field(default_factory=list)
     # Leaf path -> SPDX id, used when attribution.txt is missing or wrong.
     licenses: Dict[str, str] = field(default_factory=dict)
     # Leaf paths whose licence is not checked (the user takes responsibility).

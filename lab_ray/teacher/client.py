@@ -25,8 +25,9 @@ from typing import Any
 
 import httpx
 
+from lab_ray.teacher.config import CHOICE_FIELDS
+
 RETRY_STATUS = {429, 500, 502, 503, 504}
-CHOICE_FIELDS = {"guided_choice", "structured_outputs"}
 
 
 def choice_logprobs_from_top(logprobs: Any, choices: list[str]) -> dict[str, float] | None:
@@ -99,7 +100,7 @@ class TeacherClient:
                  backoff_max_s: float = 20.0, seed: int | None = None, choice_field: str = "guided_choice",
                  choice_top_logprobs: int = 0):
         if choice_field not in CHOICE_FIELDS:
-            raise ValueError(f"teacher.client.choice_field must be one of {sorted(CHOICE_FIELDS)}, not {choice_field!r}")
+            raise ValueError(f"teacher.client.choice_field must be one of {list(CHOICE_FIELDS)}, not {choice_field!r}")
         self.choice_field = choice_field
         self.choice_top_logprobs = choice_top_logprobs
         self.base_url = base_url.rstrip("/")

@@ -20,6 +20,10 @@ class AutoscalingConfig:
     target_ongoing_requests: float = 16.0
 
 
+# teacher.client.choice_field values (checked by load_config, see lab_ray/config.py).
+CHOICE_FIELDS = ("guided_choice", "structured_outputs")
+
+
 @dataclass
 class ClientConfig:
     # Requests in flight at once from one client (one per SDG actor).

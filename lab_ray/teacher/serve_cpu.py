@@ -9,7 +9,6 @@ sizes are recorded for `/v1/stats` (tests assert on them, not on timing).
 
 
 import asyncio
-import hmac
 import os
 import time
 from collections import Counter, deque
@@ -19,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from ray import serve
 
+from lab_ray.teacher.auth import UNAUTHORIZED, bearer_ok
 from lab_ray.teacher.engine import Engine, GenResult, GenUnit
 from lab_ray.teacher.openai_api import (ChatCompletionRequest, CompletionRequest, error, new_id, now)
 
@@ -105,10 +105,9 @@ class CPUTeacher:
     # -- helpers --------------------------------------------------------------
     def _check(self, request: Request | str | None, model: str) -> None:
         if self.api_key:
-            header = (request.headers.get("authorization", "") if isinstance(request, Request) else request) or ""
-            token = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), self.api_key.encode()):
-                raise _ClientError(401, "missing or wrong API key (Authorization: Bearer <key>)", code="invalid_api_key")
+            header = request.headers.get("authorization") if isinstance(request, Request) else request
+            if not bearer_ok(header, self.api_key):
+                raise _ClientError(401, UNAUTHORIZED, code="invalid_api_key")
         if model != self.model_name:
             raise _ClientError(404, f"model {model!r} does not exist; this teacher serves {self.model_name!r}",
                                param="model", code="model_not_found")

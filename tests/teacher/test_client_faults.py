@@ -176,6 +176,12 @@ def test_choice_logprobs_missing_from_top_list_give_no_probability(server):
 def test_unknown_choice_field_is_refused():
     with pytest.raises(ValueError, match="choice_field"):
         TeacherClient("http://127.0.0.1:9/v1", "m", choice_field="guided_json")
+    # from the command line it is a config error naming the key, before any Ray work
+    from lab_ray.config import load_config
+    from lab_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="teacher.client.choice_field='guided_json'"):
+        load_config(["teacher.client.choice_field=guided_json"])
 
 
 def test_retry_after_is_honoured_and_capped(server):
