@@ -9,6 +9,7 @@ directories into one checkpoint.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,9 +20,14 @@ HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "token
             "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
-def save(model, tokenizer, state: dict, *, rank: int, ds_engine=None, state_dict=None) -> str:
-    """Write this rank's part of a checkpoint into a fresh temp dir; returns it."""
-    d = tempfile.mkdtemp(prefix="lab-ray-ckpt-")
+STAGING_PREFIX = "lab-ray-ckpt-"
+
+
+def save(scratch: str, model, tokenizer, state: dict, *, rank: int, ds_engine=None, state_dict=None) -> str:
+    """Write this rank's part of a checkpoint into a fresh dir under the run's
+    scratch (not /tmp: a killed worker's half-written copy stays in the run,
+    where the next attempt removes it); returns it."""
+    d = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=scratch)
     if ds_engine is not None:
         # Collective: every rank writes its ZeRO partition (tag fixed so resume finds it).
         ds_engine.save_checkpoint(os.path.join(d, "deepspeed"), tag="state")
@@ -32,6 +38,17 @@ def save(model, tokenizer, state: dict, *, rank: int, ds_engine=None, state_dict
     return d
 
 
+def local_dir(ckpt, copy_to: str) -> tuple[str, bool]:
+    """A local directory holding a reported checkpoint: its own path when Ray's
+    storage is the local filesystem (no copy of a multi-GB checkpoint), else a
+    download into copy_to. Returns (dir, copied)."""
+    import pyarrow.fs
+
+    if isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem) and Path(ckpt.path).is_dir():
+        return ckpt.path, False
+    return ckpt.to_directory(copy_to), True
+
+
 def load_state(ckpt_dir: str) -> dict | None:
     p = Path(ckpt_dir) / STATE
     return torch.load(p, map_location="cpu", weights_only=False) if p.is_file() else None
@@ -40,3 +57,22 @@ def load_state(ckpt_dir: str) -> dict | None:
 def is_hf_dir(path: str) -> bool:
     p = Path(path)
     return (p / "config.json").is_file() and any(p.glob("*.safetensors"))
+
+
+def clear_staging(scratch: Path) -> None:
+    """Remove staging copies a killed worker left behind (the reported copy is in Ray's storage)."""
+    for d in Path(scratch).glob(STAGING_PREFIX + "*"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def drop_resume_state(ckpt_dir: str) -> int:
+    """Delete what only resuming a phase needs (optimizer, scheduler, ZeRO partitions);
+    the HF model files stay for selection and the next phase. Returns bytes freed."""
+    freed = 0
+    p = Path(ckpt_dir)
+    for f in [p / STATE, *((p / "deepspeed").rglob("*") if (p / "deepspeed").is_dir() else [])]:
+        if f.is_file():
+            freed += f.stat().st_size
+    (p / STATE).unlink(missing_ok=True)
+    shutil.rmtree(p / "deepspeed", ignore_errors=True)
+    return freed

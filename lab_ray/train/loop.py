@@ -64,14 +64,16 @@ def train_loop(config: dict) -> None:
     # Resume: Ray Train hands back the latest reported checkpoint (after a worker
     # failure, or when a killed run is rerun with the same storage path and name).
     ckpt = ray.train.get_checkpoint()
-    ckpt_dir = None
+    ckpt_dir, copied = None, False
     if ckpt is not None:
-        ckpt_dir = ckpt.to_directory(os.path.join(config["scratch"], f"resume-{rank}"))
+        ckpt_dir, copied = checkpoints.local_dir(ckpt, os.path.join(config["scratch"], f"resume-{rank}"))
     model = _load_model(ckpt_dir or config["init_dir"], tc)
     total = int(config["total_steps"])
     be = Backend(model, tc, pc, total)
     state = (checkpoints.load_state(ckpt_dir) if ckpt_dir else None) or {}
     be.load_state(state, ckpt_dir)
+    if copied:  # everything is in memory now; a checkpoint-sized copy need not stay on disk
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     step, epoch, micro_in_epoch = state.get("step", 0), state.get("epoch", 0), state.get("micro_in_epoch", 0)
     device = be.device
 
@@ -85,8 +87,8 @@ def train_loop(config: dict) -> None:
         if not save:
             ray.train.report(metrics)
             return
-        d = checkpoints.save(be.module, tokenizer, {"step": step, "epoch": epoch, "micro_in_epoch": micro_in_epoch,
-                                                    **be.state()},
+        state = {"step": step, "epoch": epoch, "micro_in_epoch": micro_in_epoch, **be.state()}
+        d = checkpoints.save(config["scratch"], be.module, tokenizer, state,
                              rank=rank, ds_engine=be.engine, state_dict=be.hf_state_dict())
         try:
             has_files = any(os.scandir(d))

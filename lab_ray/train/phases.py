@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from lab_ray.config import run_dir
 from lab_ray.errors import ConfigError, LabRayError
 from lab_ray.ray_cluster import init_ray
+from lab_ray.train import checkpoints
 from lab_ray.train import metrics as M
 from lab_ray.train.config import PHASES
 from lab_ray.train.selection import choose, data_dir, score_all
@@ -111,6 +112,7 @@ def _train_phase(cfg, phase: str, init_dir: str, tdir: Path, entry: dict, journa
         datasets["replay"] = replay_ds
     scratch = tdir / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
+    checkpoints.clear_staging(scratch)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -134,6 +136,9 @@ def _train_phase(cfg, phase: str, init_dir: str, tdir: Path, entry: dict, journa
         raise LabRayError(f"phase {phase} finished without a checkpoint")
     entry.update(status="done", checkpoints=[p for _, p in ckpts], last_checkpoint=ckpts[-1][1],
                  wall_s=entry.get("wall_s", 0.0) + time.time() - t0)
+    journal.save()  # "done" is on disk before the resume state goes: a kill between never resumes without it
+    if not tc.keep_optimizer_state:
+        entry["resume_state_freed_bytes"] = sum(checkpoints.drop_resume_state(p) for _, p in ckpts)
     return entry
 
 

@@ -26,7 +26,8 @@ def test_zero2_phase_trains_checkpoints_and_loads(tmp_path, train_proc):
     p = train_proc(root, "ds", ["train.backend=deepspeed", "train.deepspeed.zero_stage=2",
                                 "train.knowledge_long.enabled=false", "train.skills.enabled=false",
                                 "train.knowledge_short.max_steps=2", "train.knowledge_short.max_seq_len=128",
-                                "train.knowledge_short.grad_accum=2", "train.knowledge_short.checkpoint_every=1"])
+                                "train.knowledge_short.grad_accum=2", "train.knowledge_short.checkpoint_every=1",
+                                "train.keep_optimizer_state=true"])
     assert p.wait(1200) == 0, p.output()[-3000:]
     tdir = root / "ds" / "train"
     journal = json.loads((tdir / "journal.json").read_text())

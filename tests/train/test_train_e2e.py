@@ -58,6 +58,12 @@ def test_all_phases_end_to_end(tmp_path, train_proc):
     final = journal["final_checkpoint"]
     assert final == journal["selection"]["skills"]["selected"] and final in phases["skills"]["checkpoints"]
     assert "final model:" in out
+    # A done phase keeps its model files but not the resume state (optimizer: 2x the weights here).
+    for ph in ("knowledge_short", "knowledge_long", "skills"):
+        assert phases[ph]["resume_state_freed_bytes"] > 0
+        for c in phases[ph]["checkpoints"]:
+            assert (Path(c) / "model.safetensors").is_file() and not (Path(c) / "trainer_state.pt").exists()
+    assert not list((tdir / "scratch").glob("lab-ray-ckpt-*")), "staging copies left in scratch"
 
     # Metrics: every step of every phase, every checkpoint's score, every phase's wall time.
     recs = [json.loads(l) for l in (tdir / "metrics.jsonl").read_text().splitlines()]
