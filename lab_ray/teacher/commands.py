@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 
 from lab_ray.cli import split_args
@@ -31,6 +32,7 @@ def _serve(ns: argparse.Namespace) -> int:
     endpoint = deploy(cfg.teacher, cfg.ray)
     auth = " (API key required)" if endpoint.api_key else ""
     print(f"teacher {endpoint.model} serving at {endpoint.base_url}{auth}; Ctrl-C stops it", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop is a Ctrl-C: shut Serve down cleanly
     try:
         while True:
             time.sleep(3600)
@@ -38,3 +40,7 @@ def _serve(ns: argparse.Namespace) -> int:
         print("stopping the teacher", flush=True)
         shutdown()
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt

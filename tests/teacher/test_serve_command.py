@@ -11,3 +11,45 @@ def test_serve_rejects_positional_arguments(cli):
 def test_serve_refuses_the_external_openai_backend(cli):
     code, out, err = cli("teacher", "serve", "teacher=openai")
     assert code != 0 and "external server" in err
+
+
+def test_serve_subprocess_answers_with_the_key_and_stops_cleanly_on_sigterm(tmp_path):
+    """The command a user runs: a real process, a real port on 127.0.0.1, a real stop."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import pytest
+
+    from conftest import free_port
+
+    port, key = free_port(), "serve-cmd-key"
+    log = tmp_path / "serve.log"
+    with open(log, "w") as fh:
+        p = subprocess.Popen([sys.executable, "-m", "lab_ray.cli", "teacher", "serve", f"teacher.port={port}",
+                              f"teacher.api_key={key}", "ray.num_cpus=2"],
+                             stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "CI": "1"})
+    try:
+        deadline = time.monotonic() + 600
+        while "serving at" not in log.read_text():
+            assert p.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        line = next(l for l in log.read_text().splitlines() if "serving at" in l)
+        assert f"http://127.0.0.1:{port}/v1" in line and "API key required" in line
+        body = {"model": "SmolLM2-135M-Instruct", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        assert httpx.post(url, json=body, timeout=60).status_code == 401
+        r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"], r.text
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(180) == 0, log.read_text()[-3000:]
+        assert "stopping the teacher" in log.read_text()
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(60)

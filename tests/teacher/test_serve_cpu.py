@@ -178,3 +178,45 @@ def test_deployment_handle_route_has_the_same_api(teacher):
     assert handle.call.remote("chat/completions", long, f"Bearer {API_KEY}").result(timeout_s=60)["status"] == 400
     assert handle.call.remote("embeddings", body, f"Bearer {API_KEY}").result(timeout_s=60)["status"] == 404
     _assert_alive(endpoint)
+
+
+def _chat(endpoint, **params):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a sentence about the sea."}],
+            "max_tokens": 24, **params}
+    r = _post(endpoint, "/chat/completions", body)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]
+
+
+def test_stop_string_cuts_the_greedy_text_before_it(teacher):
+    endpoint, _ = teacher
+    full = _chat(endpoint, temperature=0)["message"]["content"]
+    words = full.split()
+    assert len(words) >= 4, full
+    stop = " " + words[3]  # occurs in the greedy text, so the stopped text is the part before it
+    cut = _chat(endpoint, temperature=0, stop=[stop])
+    assert cut["finish_reason"] == "stop"
+    assert cut["message"]["content"] == full[:full.index(stop)]
+
+
+def test_seed_repeats_a_sampled_text_and_top_p_near_zero_is_greedy(teacher):
+    endpoint, _ = teacher
+    a = _chat(endpoint, temperature=1.0, seed=7)["message"]["content"]
+    b = _chat(endpoint, temperature=1.0, seed=7)["message"]["content"]
+    assert a == b
+    others = {_chat(endpoint, temperature=1.0, seed=s)["message"]["content"] for s in (8, 9, 10)}
+    assert len(others | {a}) > 1, "sampling with different seeds gave one text every time"
+    greedy = _chat(endpoint, temperature=0)["message"]["content"]
+    assert _chat(endpoint, temperature=1.0, top_p=1e-6, seed=3)["message"]["content"] == greedy
+
+
+def test_logprobs_cover_every_token_and_greedy_picks_the_top_one(teacher):
+    endpoint, _ = teacher
+    choice = _chat(endpoint, temperature=0, logprobs=True, top_logprobs=3)
+    content = choice["logprobs"]["content"]
+    assert "".join(t["token"] for t in content) == choice["message"]["content"]
+    for t in content:
+        assert t["logprob"] <= 0 and len(t["top_logprobs"]) == 3
+        tops = [x["logprob"] for x in t["top_logprobs"]]
+        assert tops == sorted(tops, reverse=True)
+        assert t["token"] == t["top_logprobs"][0]["token"] and abs(t["logprob"] - tops[0]) < 1e-4
