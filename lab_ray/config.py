@@ -68,11 +68,14 @@ class LabRayConfig:
 
 
 def conf_dir() -> Path:
-    """conf/ beside the package (repo checkout or editable install), or $LAB_RAY_CONF."""
+    """$LAB_RAY_CONF, else conf/ of the checkout (editable install), else the copy
+    packaged in the wheel (lab_ray/_conf)."""
     env = os.environ.get("LAB_RAY_CONF")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "conf"
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "conf"
+    return checkout if (checkout / "defaults.yaml").is_file() else here / "_conf"
 
 
 def _read_yaml(path: Path, what: str) -> dict:
