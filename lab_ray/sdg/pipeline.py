@@ -26,7 +26,7 @@ from lab_ray.sdg import stages as S
 from lab_ray.sdg.dedup import SIGNATURE_COLUMNS, duplicates, mark_duplicates, signature_rows
 from lab_ray.sdg.prompts import load_personas, load_prompt
 from lab_ray.sdg.calibration import load_or_calibrate
-from lab_ray.sdg.tasks import LeafSpec, expand, leaf_spec, ranges
+from lab_ray.sdg.tasks import LeafSpec, expand, id_plan, in_plan, leaf_spec, ranges
 from lab_ray.sdg.writer import ShardWriter, done_ids, shard_files, write_jsonl
 
 
@@ -153,6 +153,7 @@ def run_generation(cfg, teacher_spec: dict) -> GenerateResult:
     sdg = OmegaConf.to_container(cfg.sdg, resolve=True)
     spec_dicts = {s.leaf: s.to_dict() for s in specs}
     (out / "plan.json").write_text(json.dumps({"tasks": total, "leaves": {s.leaf: s.quota for s in specs},
+                                               "ids": id_plan(specs, int(cfg.sdg.examples_per_prompt)),
                                                "config": sdg}, indent=1))
     done = done_ids(shards)
     # Only ids of this plan count as done (a rerun may select other leaves or quotas).
@@ -228,6 +229,7 @@ def finalize(cfg, out: Path) -> dict:
     # read_parquet: its file listing and footer-reader actors are extra worker
     # processes, and the shards are few, complete files of one known schema.
     paths = ray.data.from_items([{"path": f} for f in files], override_num_blocks=max(1, min(len(files), 200)))
+    plan = json.loads((out / "plan.json").read_text())
     if cfg.sdg.dedup.enabled:
         # Dedup in two halves so that no full row is ever shuffled: (1) a
         # streaming pass computes each kept row's text digest and MinHash
@@ -238,9 +240,9 @@ def finalize(cfg, out: Path) -> dict:
         # dataset in the shuffle's aggregators).
         # One partition per leaf at most: fewer partitions than the default 200
         # saves most of the shuffle's overhead.
-        n_leaves = len(json.loads((out / "plan.json").read_text())["leaves"])
+        n_leaves = len(plan["leaves"])
         dd = cfg.sdg.dedup
-        sigs = paths.map_batches(_shard_signatures, fn_args=(dd.num_perm,), batch_format="pandas", batch_size=None,
+        sigs = paths.map_batches(_shard_signatures, fn_args=(dd.num_perm, plan.get("ids")), batch_format="pandas", batch_size=None,
                                  num_cpus=0.1, concurrency=TASK_CONCURRENCY)
         dups = sigs.groupby("leaf", num_partitions=max(1, min(n_leaves, 64))).map_groups(
             duplicates, fn_args=(dd.near_threshold, dd.num_perm), batch_format="pandas", num_cpus=0.1,
@@ -260,7 +262,7 @@ def finalize(cfg, out: Path) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
     counts = paths.map_batches(
         _write_outputs, fn_args=(dups_ref, str(final_tmp), str(samples_tmp), str(data_tmp),
-                                 int(cfg.sdg.long_response_words)),
+                                 int(cfg.sdg.long_response_words), plan.get("ids")),
         batch_format="pandas", batch_size=None, num_cpus=0.1, concurrency=TASK_CONCURRENCY).take_all()
     phase_counts = [c for r in counts for c in json.loads(r["phases"])]
     partial = [c for r in counts for c in json.loads(r["stats"])]
@@ -306,22 +308,35 @@ def _write_parquet(df, directory: str) -> None:
                    os.path.join(directory, f"part-{uuid.uuid4().hex}.parquet"))
 
 
-def _shard_signatures(paths, num_perm: int):
-    import pyarrow as pa
+def _planned_rows(path: str, plan: dict | None, columns: list[str] | None = None):
+    """One shard's rows that are tasks of this plan (see tasks.in_plan); every row
+    when plan.json has no ids (written by hand or by an older lab-ray)."""
     import pyarrow.parquet as pq
 
-    return pa.concat_tables([signature_rows(pq.read_table(p, columns=SIGNATURE_COLUMNS).to_pandas(), num_perm)
+    if plan is None:
+        return pq.read_table(path, columns=columns).to_pandas()
+    if columns is not None:
+        names = set(pq.read_schema(path).names)
+        columns = [c for c in dict.fromkeys([*columns, "request_index"]) if c in names]
+    df = pq.read_table(path, columns=columns).to_pandas()
+    keep = in_plan(df, plan)
+    return df if all(keep) else df[keep].reset_index(drop=True)
+
+
+def _shard_signatures(paths, num_perm: int, plan: dict | None):
+    import pyarrow as pa
+
+    return pa.concat_tables([signature_rows(_planned_rows(p, plan, SIGNATURE_COLUMNS), num_perm)
                              for p in paths["path"]])
 
 
-def _write_outputs(paths, dups_ref, final_dir: str, samples_dir: str, data_dir: str, long_words: int):
+def _write_outputs(paths, dups_ref, final_dir: str, samples_dir: str, data_dir: str, long_words: int, plan: dict | None):
     """Shards -> final/samples/JSONL files and their counts (a finalize task)."""
     import pandas as pd
-    import pyarrow.parquet as pq
     import ray
 
     dups = ray.get(dups_ref[0])
-    out = [_write_shard_outputs(pq.read_table(p).to_pandas(), dups, final_dir, samples_dir, data_dir, long_words)
+    out = [_write_shard_outputs(_planned_rows(p, plan), dups, final_dir, samples_dir, data_dir, long_words)
            for p in paths["path"]]
     return pd.concat(out, ignore_index=True)
 

@@ -101,6 +101,26 @@ def expand(spec: dict, start: int, end: int, examples_per_prompt: int) -> Iterat
                "context": chunks[chunk] if chunks else "", "chunk_index": chunk}
 
 
+def id_plan(specs: list[LeafSpec], examples_per_prompt: int) -> dict:
+    """What decides the ids of a plan, small enough to ship to every task."""
+    return {"examples_per_prompt": examples_per_prompt,
+            "leaves": {s.leaf: [s.quota, len(s.examples)] for s in specs}}
+
+
+def in_plan(rows, plan: dict) -> list[bool]:
+    """Which rows (leaf, request_index, id) are tasks of this plan: a run directory
+    keeps the shards of earlier plans (other leaves, quotas, examples) so a
+    rerun of them is free, but the outputs are only this plan's."""
+    if not len(rows) or "request_index" not in rows:
+        return [False] * len(rows)
+    k, leaves = int(plan["examples_per_prompt"]), plan["leaves"]
+    keep = []
+    for leaf, r, sid in zip(rows["leaf"].tolist(), rows["request_index"].tolist(), rows["id"].tolist()):
+        q = leaves.get(leaf)
+        keep.append(q is not None and 0 <= r < q[0] and sid == sample_id(leaf, rotation(q[1], k, r), r))
+    return keep
+
+
 def ranges(specs: list[LeafSpec]) -> list[dict]:
     return [{"leaf": s.leaf, "start": a, "end": min(a + RANGE, s.quota)}
             for s in specs for a in range(0, s.quota, RANGE)]

@@ -144,6 +144,25 @@ def test_rerun_of_a_finished_run_does_no_teacher_work(ray_cluster, tmp_path):
     check_run(tmp_path / "again", {"foundational_skills/reasoning/arithmetic_word_problems": 5})
 
 
+def test_rerun_with_a_smaller_quota_outputs_only_that_plan(ray_cluster, tmp_path):
+    """The shards of the bigger plan stay (a later bigger rerun is free); the outputs are the new plan's."""
+    from lab_ray.sdg.pipeline import run_generation
+
+    leaf = "foundational_skills/reasoning/arithmetic_word_problems"
+    spec = faulty_spec(fraction=0.0, log_dir=str(tmp_path / "log-shrink"))  # no faults: rows to keep
+    big = run_generation(sdg_config(tmp_path, "shrink", "sdg.samples_per_leaf=10", f"sdg.leaves=[{leaf}]"), spec)
+    assert (big.tasks, big.resumed, big.stats["leaves"][leaf]["rows"]) == (10, 0, 10)
+    first5 = set(read_parquet_dir(tmp_path / "shrink" / "sdg" / "shards").query("request_index < 5")["id"])
+    small = run_generation(sdg_config(tmp_path, "shrink", "sdg.samples_per_leaf=5", f"sdg.leaves=[{leaf}]"), spec)
+    assert (small.tasks, small.resumed, small.stats["leaves"][leaf]["rows"]) == (5, 5, 5)
+    assert set(read_parquet_dir(tmp_path / "shrink" / "sdg" / "final")["id"]) == first5
+    kept = read_parquet_dir(tmp_path / "shrink" / "samples")
+    assert len(kept) == small.stats["leaves"][leaf]["kept"] > 0 and set(kept["id"]) <= first5, small.stats["leaves"][leaf]
+    jsonl = read_jsonl_dir(tmp_path / "shrink" / "data" / "knowledge_train")
+    assert {r["id"] for r in jsonl} == set(kept["id"])
+    assert len(read_parquet_dir(tmp_path / "shrink" / "sdg" / "shards")) == 10  # nothing thrown away
+
+
 pytestmark = pytest.mark.slow
 
 
@@ -170,3 +189,5 @@ def test_resume_only_counts_work_of_the_current_plan(ray_cluster, tmp_path):
         return  # refusing a run directory made for another plan is a fine answer too
     assert result.resumed == 0
     assert result.stats["leaves"].get(new, {}).get("rows") == 3, result.stats["leaves"]
+    assert old not in result.stats["leaves"]  # the earlier plan's rows are not this run's output
+    assert not any(i.startswith("old-") for i in read_parquet_dir(tmp_path / "plan" / "samples").get("id", []))
