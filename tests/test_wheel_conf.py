@@ -49,7 +49,8 @@ def test_wheel_ships_conf_and_the_installed_package_finds_it(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     # The installed copy, run from elsewhere: nothing of the checkout on its path.
-    r = subprocess.run([sys.executable, "-c", CHECK.format(site=str(site), NOT_PROMPTS=NOT_PROMPTS)], capture_output=True, text=True,
+    check = CHECK.format(site=str(site), NOT_PROMPTS=NOT_PROMPTS)
+    r = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                        cwd=tmp_path, timeout=300, env={**os.environ, "PYTHONPATH": str(site), "LAB_RAY_CONF": ""})
     assert r.returncode == 0, r.stderr[-3000:]
     n = len([p for p in (REPO / "conf" / "prompts").glob("*.yaml") if p.stem not in NOT_PROMPTS])

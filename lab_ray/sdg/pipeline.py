@@ -242,8 +242,8 @@ def finalize(cfg, out: Path) -> dict:
         # saves most of the shuffle's overhead.
         n_leaves = len(plan["leaves"])
         dd = cfg.sdg.dedup
-        sigs = paths.map_batches(_shard_signatures, fn_args=(dd.num_perm, plan.get("ids")), batch_format="pandas", batch_size=None,
-                                 num_cpus=0.1, concurrency=TASK_CONCURRENCY)
+        sigs = paths.map_batches(_shard_signatures, fn_args=(dd.num_perm, plan.get("ids")), batch_format="pandas",
+                                 batch_size=None, num_cpus=0.1, concurrency=TASK_CONCURRENCY)
         dups = sigs.groupby("leaf", num_partitions=max(1, min(n_leaves, 64))).map_groups(
             duplicates, fn_args=(dd.near_threshold, dd.num_perm), batch_format="pandas", num_cpus=0.1,
             concurrency=TASK_CONCURRENCY).take_all()
@@ -330,7 +330,8 @@ def _shard_signatures(paths, num_perm: int, plan: dict | None):
                              for p in paths["path"]])
 
 
-def _write_outputs(paths, dups_ref, final_dir: str, samples_dir: str, data_dir: str, long_words: int, plan: dict | None):
+def _write_outputs(paths, dups_ref, final_dir: str, samples_dir: str, data_dir: str, long_words: int,
+                   plan: dict | None):
     """Shards -> final/samples/JSONL files and their counts (a finalize task)."""
     import pandas as pd
     import ray

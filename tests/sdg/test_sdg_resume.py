@@ -157,7 +157,8 @@ def test_rerun_with_a_smaller_quota_outputs_only_that_plan(ray_cluster, tmp_path
     assert (small.tasks, small.resumed, small.stats["leaves"][leaf]["rows"]) == (5, 5, 5)
     assert set(read_parquet_dir(tmp_path / "shrink" / "sdg" / "final")["id"]) == first5
     kept = read_parquet_dir(tmp_path / "shrink" / "samples")
-    assert len(kept) == small.stats["leaves"][leaf]["kept"] > 0 and set(kept["id"]) <= first5, small.stats["leaves"][leaf]
+    stats = small.stats["leaves"][leaf]
+    assert len(kept) == stats["kept"] > 0 and set(kept["id"]) <= first5, stats
     jsonl = read_jsonl_dir(tmp_path / "shrink" / "data" / "knowledge_train")
     assert {r["id"] for r in jsonl} == set(kept["id"])
     assert len(read_parquet_dir(tmp_path / "shrink" / "sdg" / "shards")) == 10  # nothing thrown away
