@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
-API_KEY = "test-key-123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from teacher_net import API_KEY, free_port
 
 
 @pytest.fixture(scope="module")

@@ -78,12 +78,9 @@ def test_exhausted_retries_become_per_row_errors_with_reasons(server):
 
 
 def test_unreachable_server_is_a_connection_error_per_row():
-    import socket
+    from teacher_net import free_port
 
-    # (not `from conftest import free_port`: in a whole-suite run `conftest` is another directory's)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     client = _client(f"http://127.0.0.1:{port}/v1", max_retries=1)
     replies = client.run_many([_chat("z|ok"), ("complete", {"prompt": "z|ok"})])
     client.close()

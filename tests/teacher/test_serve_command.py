@@ -21,15 +21,12 @@ def test_serve_subprocess_answers_with_the_key_and_stops_cleanly_on_sigterm(tmp_
     import sys
     import time
 
-    import socket
-
     import httpx
     import pytest
 
-    with socket.socket() as sock:  # not conftest.free_port: "conftest" is another dir's module by now
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    key = "serve-cmd-key"
+    from teacher_net import free_port
+
+    port, key = free_port(), "serve-cmd-key"
     log = tmp_path / "serve.log"
     with open(log, "w") as fh:
         p = subprocess.Popen([sys.executable, "-m", "lab_ray.cli", "teacher", "serve", f"teacher.port={port}",

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import API_KEY
+from teacher_net import API_KEY
 
 MODEL = "SmolLM2-135M-Instruct"
 pytestmark = pytest.mark.slow
