@@ -26,7 +26,7 @@ from lab_ray.sdg import stages as S
 from lab_ray.sdg.dedup import SIGNATURE_COLUMNS, duplicates, mark_duplicates, signature_rows
 from lab_ray.sdg.prompts import load_personas, load_prompt
 from lab_ray.sdg.calibration import load_or_calibrate
-from lab_ray.sdg.tasks import LeafSpec, expand, id_plan, in_plan, leaf_spec, ranges
+from lab_ray.sdg.tasks import LeafSpec, expand, id_plan, in_plan, leaf_spec, planned_ids, ranges
 from lab_ray.sdg.writer import ShardWriter, done_ids, shard_files, write_jsonl
 
 
@@ -152,13 +152,12 @@ def run_generation(cfg, teacher_spec: dict) -> GenerateResult:
     total = sum(s.quota for s in specs)
     sdg = OmegaConf.to_container(cfg.sdg, resolve=True)
     spec_dicts = {s.leaf: s.to_dict() for s in specs}
+    ids = id_plan(specs, int(cfg.sdg.examples_per_prompt))
     (out / "plan.json").write_text(json.dumps({"tasks": total, "leaves": {s.leaf: s.quota for s in specs},
-                                               "ids": id_plan(specs, int(cfg.sdg.examples_per_prompt)),
-                                               "config": sdg}, indent=1))
+                                               "ids": ids, "config": sdg}, indent=1))
     done = done_ids(shards)
     # Only ids of this plan count as done (a rerun may select other leaves or quotas).
-    k = int(cfg.sdg.examples_per_prompt)
-    planned_done = sum(t["id"] in done for s in specs for t in expand(s.to_dict(), 0, s.quota, k)) if done else 0
+    planned_done = sum(i in done for i in planned_ids(ids)) if done else 0
     todo = total - planned_done
     calibration = load_or_calibrate(out / "calibration.json", list(spec_dicts.values()), teacher_spec, sdg) \
         if todo > 0 else {}

@@ -107,6 +107,14 @@ def id_plan(specs: list[LeafSpec], examples_per_prompt: int) -> dict:
             "leaves": {s.leaf: [s.quota, len(s.examples)] for s in specs}}
 
 
+def planned_ids(plan: dict) -> Iterator[str]:
+    """Every task id of a plan, without building the task rows."""
+    k = int(plan["examples_per_prompt"])
+    for leaf, (quota, n_examples) in plan["leaves"].items():
+        for r in range(quota):
+            yield sample_id(leaf, rotation(n_examples, k, r), r)
+
+
 def in_plan(rows, plan: dict) -> list[bool]:
     """Which rows (leaf, request_index, id) are tasks of this plan: a run directory
     keeps the shards of earlier plans (other leaves, quotas, examples) so a

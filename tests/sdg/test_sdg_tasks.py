@@ -98,6 +98,23 @@ def test_ids_are_unique_across_leaves_and_stable_across_runs_and_splits(plan, tm
         assert by_leaf[s.leaf][:37] == [r["id"] for r in _all_tasks(s, 3)]
 
 
+def test_the_id_plan_gives_exactly_the_expanded_tasks_ids(plan):
+    """planned_ids / in_plan (resume count, finalize filter) must agree with expand (the tasks themselves)."""
+    import pandas as pd
+
+    cfg, specs = plan
+    ids = T.id_plan(specs, 3)
+    rows = pd.DataFrame([{"leaf": r["leaf"], "request_index": r["request_index"], "id": r["id"]}
+                         for s in specs for r in _all_tasks(s, 3)])
+    assert list(T.planned_ids(ids)) == rows["id"].tolist()
+    assert all(T.in_plan(rows, ids))
+    smaller = T.id_plan(specs[:1], 3)
+    smaller["leaves"][specs[0].leaf][0] = 5  # first leaf, quota 5
+    assert sum(T.in_plan(rows, smaller)) == 5
+    other_k = T.id_plan(specs, 2)  # other example rotation: other ids
+    assert not any(T.in_plan(rows, other_k))
+
+
 def test_rotation_and_sample_id_units():
     assert T.rotation(5, 3, 0) == [0, 1, 2] and T.rotation(5, 3, 1) == [3, 4, 0] and T.rotation(2, 3, 7) == [0, 1]
     a = T.sample_id("leaf/a", [0, 1], 3)
