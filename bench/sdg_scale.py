@@ -106,20 +106,6 @@ def child(args) -> None:
 
 
 # -- parent: run + memory sampling ------------------------------------------------------
-def _pss(pid: int) -> int:
-    """Proportional set size: a page shared by k processes (libraries, Ray's object
-    store in /dev/shm mapped by every reader) counts 1/k per process, so the sum over
-    the tree is the tree's real footprint; summed RSS counts shared pages k times."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 class TreeSampler(threading.Thread):
     def __init__(self, pid: int, session_file: Path, interval: float = 0.5):
         super().__init__(daemon=True)
@@ -159,8 +145,11 @@ class TreeSampler(threading.Thread):
             rss, pss, n, by_name = 0, 0, 0, {}
             for p in self.tree():
                 try:
-                    r = p.memory_info().rss
-                    pss += _pss(p.pid)
+                    # PSS: a page shared by k processes (libraries, Ray's object store in
+                    # /dev/shm mapped by every reader) counts 1/k per process, so the sum is
+                    # the tree's real footprint; summed RSS counts shared pages k times.
+                    mem = p.memory_full_info()  # psutil reads /proc/<pid>/smaps_rollup
+                    r, pss = mem.rss, pss + mem.pss
                     t = p.cpu_times()
                     name = p.name()
                 except psutil.Error:
@@ -200,7 +189,8 @@ def run_one(n: int, args) -> dict:
         if rc != 0 or not lines:
             raise SystemExit(f"N={n}: child failed (rc={rc})\n{out[-3000:]}")
         r = json.loads(lines[-1][7:])
-        r.update(process_wall_s=wall, peak_rss_gib=sampler.peak / GiB, peak_pss_gib=sampler.peak_pss / GiB, peak_procs=sampler.peak_procs,
+        r.update(process_wall_s=wall, peak_rss_gib=sampler.peak / GiB, peak_pss_gib=sampler.peak_pss / GiB,
+                 peak_procs=sampler.peak_procs,
                  rss_samples=sampler.samples, tree_cpu_s=round(sum(sampler.cpu.values()), 1),
                  peak_rss_by_process=sampler.peak_by_name, samples_per_s=r["samples"] / r["wall_s"],
                  load_before=round(load0[0], 1), load_after=round(load1[0], 1))
