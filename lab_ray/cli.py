@@ -1,8 +1,15 @@
 """`lab-ray` command line.
 
 Every subcommand takes `--config FILE` and trailing `key=value` overrides.
-Stage packages add their own subcommands through a `register(subparsers)`
-function listed in STAGE_COMMANDS, so this module stays a thin router.
+Stage packages add their own subcommands through a `register(subparsers,
+common)` function listed in STAGE_COMMANDS, so this module stays a thin
+router. A subcommand that needs the configuration says so in its parser
+defaults: `positional_range=(min, max)` (positional words in `ns.args`
+besides key=value overrides), `usage`, and optionally `prepare(ns) -> words`
+to pick its own late options out first. The router then splits the words,
+checks the count, loads the config and calls `handler(ns, cfg, positional)`.
+So no command module imports the config loader or this router: imports go
+cli -> config -> stage packages, one way.
 Errors the user can fix print one line per problem and exit non-zero;
 `--debug` shows the traceback instead.
 """
@@ -14,12 +21,12 @@ import importlib
 import sys
 from typing import Callable, Sequence
 
-from lab_ray.errors import LabRayError
+from lab_ray.errors import ConfigError, LabRayError
 
 # Modules that contribute subcommands: each defines register(subparsers, common).
 STAGE_COMMANDS = [
     "lab_ray.taxonomy.commands",
-    "lab_ray.commands_config",
+    "lab_ray.config_commands",
     "lab_ray.teacher.commands",
     "lab_ray.sdg.commands",
     "lab_ray.train.commands",
@@ -45,6 +52,19 @@ def split_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
     return positional, overrides
 
 
+def _load(ns: argparse.Namespace) -> tuple[list[str], object]:
+    from lab_ray.config import load_config
+
+    prepare = getattr(ns, "prepare", None)
+    words = prepare(ns) if prepare else list(ns.args)
+    positional, overrides = split_args(words)
+    lo, hi = ns.positional_range
+    if not lo <= len(positional) <= hi:
+        got = f"got {' '.join(positional)!r}" if positional else "got none"
+        raise ConfigError(f"usage: lab-ray {ns.usage} ({got})")
+    return positional, load_config(overrides, ns.config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = common_parser()
     parser = argparse.ArgumentParser(
@@ -58,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            # A stage not yet delivered simply has no commands.
+            # A command whose optional dependency is not installed is left out.
             if e.name and module_name.startswith(e.name):
                 continue
             raise
@@ -72,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         ns = parser.parse_args(argv)
-        handler: Callable[[argparse.Namespace], int] = ns.handler
+        handler: Callable[..., int] = ns.handler
+        if hasattr(ns, "positional_range"):
+            positional, cfg = _load(ns)
+            return int(handler(ns, cfg, positional) or 0)
         return int(handler(ns) or 0)
     except LabRayError as e:
         if debug:

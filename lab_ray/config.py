@@ -9,7 +9,6 @@ A profile is chosen with `profiles.teacher=NAME` or the shorthand `teacher=NAME`
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -19,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lab_ray.errors import ConfigError
+from lab_ray.resources import conf_dir
 from lab_ray.eval.config import EvalConfig
 from lab_ray.report.config import ReportConfig
 from lab_ray.pipeline.config import PipelineConfig, SubmitConfig
@@ -65,17 +65,6 @@ class LabRayConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
-
-
-def conf_dir() -> Path:
-    """$LAB_RAY_CONF, else conf/ of the checkout (editable install), else the copy
-    packaged in the wheel (lab_ray/_conf)."""
-    env = os.environ.get("LAB_RAY_CONF")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent
-    checkout = here.parent / "conf"
-    return checkout if (checkout / "defaults.yaml").is_file() else here / "_conf"
 
 
 def _read_yaml(path: Path, what: str) -> dict:
@@ -179,27 +168,4 @@ def load_config(overrides: Sequence[str] = (), config_file: str | None = None) -
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(f"config interpolation failed: {str(e).splitlines()[0]}")
-    _check_allowed_values(cfg)
     return cfg
-
-
-def _allowed_values() -> dict[str, tuple[str, ...]]:
-    """String keys that take one of a few values (omegaconf types them only as str)."""
-    from lab_ray.teacher.config import CHOICE_FIELDS
-
-    return {"teacher.client.choice_field": CHOICE_FIELDS}
-
-
-def _check_allowed_values(cfg: DictConfig) -> None:
-    for key, allowed in _allowed_values().items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r}: use one of {', '.join(allowed)}")
-
-
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg)
-
-
-def run_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.run.root) / cfg.run.name

@@ -72,7 +72,8 @@ def _rows(cls, node, prefix: str):
 
 
 def reference_markdown() -> str:
-    from lab_ray.config import LabRayConfig, conf_dir, load_config
+    from lab_ray.config import LabRayConfig, load_config
+    from lab_ray.resources import conf_dir
 
     cfg = load_config([])
     repo = str(conf_dir().parent)

@@ -7,8 +7,6 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from lab_ray.cli import split_args
-from lab_ray.config import load_config
 from lab_ray.errors import ConfigError
 
 
@@ -20,7 +18,8 @@ def register(sub, common) -> None:
     # MODEL, then overrides; options may come anywhere (argparse alone cannot mix them after a positional)
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="MODEL [key=value ...]",
                    help="a checkpoint / Hugging Face model directory, or SmolLM2-135M-Instruct; then overrides")
-    p.set_defaults(handler=_eval)
+    p.set_defaults(handler=_eval, positional_range=(1, 1), prepare=_late_options,
+                   usage="eval MODEL [--base] [key=value ...] (MODEL: a checkpoint directory or SmolLM2-135M-Instruct)")
 
 
 def _fmt(value, metric: str) -> str:
@@ -66,9 +65,8 @@ def results_table(result: dict) -> Table:
     return table
 
 
-def _eval(ns: argparse.Namespace) -> int:
-    from lab_ray.eval.runner import run_eval
-
+def _late_options(ns: argparse.Namespace) -> list[str]:
+    """Options given after MODEL (argparse's REMAINDER keeps them as words)."""
     late = argparse.ArgumentParser(add_help=False)
     late.add_argument("--base", action="store_true")
     late.add_argument("--config")
@@ -79,12 +77,12 @@ def _eval(ns: argparse.Namespace) -> int:
         raise ConfigError(f"eval: unknown option {unknown[0]} (options: --base, --config FILE, --debug)")
     ns.base = ns.base or known.base
     ns.config = known.config or ns.config
-    positional, overrides = split_args(rest)
-    if len(positional) != 1:
-        raise ConfigError("usage: lab-ray eval MODEL [--base] [key=value ...] (MODEL: a checkpoint directory "
-                          "or SmolLM2-135M-Instruct)" if not positional else
-                          f"eval takes one MODEL, got {len(positional)}: {' '.join(positional)}")
-    cfg = load_config(overrides, ns.config)
+    return rest
+
+
+def _eval(ns: argparse.Namespace, cfg, positional) -> int:
+    from lab_ray.eval.runner import run_eval
+
     result = run_eval(cfg, positional[0], base=bool(ns.base or cfg.eval.compare_base))
     console = Console()
     if not console.is_terminal:  # piped or captured: do not cut leaf paths to 80 columns

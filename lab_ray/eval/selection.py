@@ -40,7 +40,7 @@ _SETS: dict[str, EvalSets] = {}
 def _sets(cfg) -> EvalSets:
     import fcntl
 
-    from lab_ray.config import run_dir
+    from lab_ray.storage import run_dir
     from lab_ray.eval.sets import eval_dir
 
     key = f"{run_dir(cfg).resolve()}|{cfg.taxonomy.path}|{list(cfg.eval.leaves)}"

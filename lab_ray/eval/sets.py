@@ -27,7 +27,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lab_ray.config import run_dir
+from lab_ray.storage import run_dir
 from lab_ray.errors import LabRayError
 from lab_ray.eval.mcq import LETTERS, MCQ, cloze_mcqs, mcq_id, norm, parse_mcq, support
 

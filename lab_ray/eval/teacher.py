@@ -5,7 +5,7 @@ Evaluation runs inside `lab-ray run` (teacher already up), from `lab-ray eval`
 times per run). `LazyTeacher` opens an endpoint only when a judge verdict or
 an uncached MCQ set is actually needed: the configured `teacher.base_url`, a
 teacher already answering on teacher.host:port, or a fresh deployment through
-`teacher_endpoint` (shut down when the LazyTeacher closes).
+`lab_ray.teacher.endpoint.teacher_endpoint` (shut down when the LazyTeacher closes).
 """
 
 from __future__ import annotations
@@ -13,31 +13,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 
-import httpx
-
-from lab_ray.teacher.client import TeacherClient
-
-
-def serving_url(cfg) -> str | None:
-    """The configured teacher URL, or the local one if a teacher already answers there."""
-    t = cfg.teacher
-    if t.base_url:
-        return t.base_url.rstrip("/")
-    url = f"http://{t.host}:{t.port}{t.route_prefix.rstrip('/')}/v1"
-    from lab_ray.teacher.app import api_key
-
-    key = api_key(t)
-    try:
-        r = httpx.get(url + "/models", timeout=3.0, headers={"Authorization": f"Bearer {key}"} if key else {})
-    except httpx.HTTPError:
-        return None
-    if r.status_code != 200:
-        return None
-    try:
-        ids = {m.get("id") for m in r.json().get("data", [])}
-    except (ValueError, AttributeError):
-        return None
-    return url if t.model in ids else None
+from lab_ray.teacher.app import api_key
+from lab_ray.teacher.client import TeacherClient, client_spec, make_teacher
+from lab_ray.teacher.endpoint import serving_url, teacher_endpoint
 
 
 class LazyTeacher:
@@ -54,7 +32,6 @@ class LazyTeacher:
             import fcntl
 
             from lab_ray.eval.sets import eval_dir
-            from lab_ray.teacher.app import api_key
 
             # Parallel scorers (Ray tasks) deploy at most one teacher: the first
             # takes the lock and deploys, the others then find it serving.
@@ -64,17 +41,11 @@ class LazyTeacher:
                 try:
                     url, key = serving_url(self.cfg), api_key(self.cfg.teacher)
                     if url is None:
-                        from lab_ray.sdg.commands import teacher_endpoint
-
                         url, key = self._stack.enter_context(teacher_endpoint(self.cfg))
                         self.deployed = True
                 finally:
                     fcntl.flock(lock, fcntl.LOCK_UN)
-            c = self.cfg.teacher.client
-            self._client = TeacherClient(url, self.cfg.teacher.model, key, max_concurrency=c.max_concurrency,
-                                         timeout_s=c.timeout_s, max_retries=c.max_retries,
-                                         backoff_base_s=c.backoff_base_s, backoff_max_s=c.backoff_max_s,
-                                         seed=int(self.cfg.eval.seed))
+            self._client = make_teacher(client_spec(self.cfg.teacher, url, key, seed=int(self.cfg.eval.seed)))
         return self._client
 
     @property

@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from lab_ray.config import run_dir
+from lab_ray.storage import run_dir
 from lab_ray.errors import LabRayError
 
 STEPS = ("validate", "generate", "train", "eval", "report")

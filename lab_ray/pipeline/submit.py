@@ -21,8 +21,6 @@ from pathlib import Path
 
 import yaml
 
-from lab_ray.cli import split_args
-from lab_ray.config import load_config
 from lab_ray.errors import ConfigError, LabRayError
 
 
@@ -36,7 +34,9 @@ def register(sub, common) -> None:
     group.add_argument("--stop", metavar="JOB_ID")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="-- COMMAND")
-    p.set_defaults(handler=_submit)
+    p.set_defaults(handler=_submit, positional_range=(0, 0), prepare=_split_command,
+                   usage="submit [--address URL] [key=value ...] -- COMMAND [ARGS...] "
+                         "(put the lab-ray command after '--')")
 
 
 def _client(address: str):
@@ -82,17 +82,19 @@ def entrypoint(command: list[str]) -> str:
     return shlex.join(["python", "-m", "lab_ray.cli", *command])
 
 
-def _submit(ns: argparse.Namespace) -> int:
+def _split_command(ns: argparse.Namespace) -> list[str]:
+    """submit's own words (overrides) before '--'; the job's command after it (in ns.command)."""
     rest = list(ns.rest)
     if "--" in rest:
         cut = rest.index("--")
-        own, command = rest[:cut], rest[cut + 1:]
+        own, ns.command = rest[:cut], rest[cut + 1:]
     else:
-        own, command = [], rest
-    positional, overrides = split_args(own)
-    if positional:
-        raise ConfigError(f"put the lab-ray command after '--' (got {positional[0]!r} before it)")
-    cfg = load_config(overrides, ns.config)
+        own, ns.command = [], rest
+    return own
+
+
+def _submit(ns: argparse.Namespace, cfg, positional) -> int:
+    command = ns.command
     address = ns.address or cfg.submit.address
     client = _client(address)
     try:

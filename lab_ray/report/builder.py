@@ -296,14 +296,11 @@ def write_dataset_card(inp: RunInputs, cfg, out: Path) -> Path:
     return path
 
 
-def write_report(run_dir: Path, cfg=None) -> Path:
+def write_report(run_dir: Path, cfg) -> Path:
     """Write runs/<name>/report/{report.md, report.html, *.png, dataset_card.md}; returns report.md's path.
 
     cfg (the run's config) supplies the taxonomy location for the dataset card
-    and the report settings; None means the defaults."""
-    from lab_ray.config import load_config
-
-    cfg = cfg if cfg is not None else load_config()
+    and the report settings."""
     rc = cfg.report
     run_dir = Path(run_dir)
     out = run_dir / "report"

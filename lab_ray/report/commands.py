@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lab_ray.cli import split_args
-from lab_ray.config import load_config, run_dir
-from lab_ray.errors import ConfigError, LabRayError
+from lab_ray.errors import LabRayError
+from lab_ray.storage import run_dir
 
 
 def register(sub, common) -> None:
     p = sub.add_parser("report", parents=[common], help="write the run report (Markdown, HTML, plots, dataset card)")
     p.add_argument("args", nargs="*", metavar="RUN_DIR_OR_NAME [key=value ...]",
                    help="a run directory, or a run name under run.root (default: run.name)")
-    p.set_defaults(handler=_report)
+    p.set_defaults(handler=_report, positional_range=(0, 1), usage="report [RUN_DIR_OR_NAME] [key=value ...]")
 
 
 def resolve_run(target: str | None, cfg) -> Path:
@@ -29,13 +28,9 @@ def resolve_run(target: str | None, cfg) -> Path:
     return path
 
 
-def _report(ns: argparse.Namespace) -> int:
+def _report(ns: argparse.Namespace, cfg, positional) -> int:
     from lab_ray.report.builder import write_report
 
-    positional, overrides = split_args(ns.args)
-    if len(positional) > 1:
-        raise ConfigError(f"report takes one RUN_DIR_OR_NAME, got {len(positional)}: {' '.join(positional)}")
-    cfg = load_config(overrides, ns.config)
     path = write_report(resolve_run(positional[0] if positional else None, cfg), cfg)
     print(f"report: {path} and {path.with_suffix('.html')}; dataset card: {path.parent / 'dataset_card.md'}")
     return 0

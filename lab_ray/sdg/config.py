@@ -90,6 +90,6 @@ class SDGConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     progress: bool = True  # live Ray Data progress bars (off when CI is set)
     # Tests and benchmarks only: "module:callable" of an in-process test teacher
-    # (e.g. lab_ray.sdg.fake_teachers:InstantTeacher) used instead of any endpoint.
+    # (e.g. lab_ray.testing.fake_teachers:InstantTeacher) used instead of any endpoint.
     test_teacher: Optional[str] = None
     test_teacher_args: Dict[str, Any] = field(default_factory=dict)

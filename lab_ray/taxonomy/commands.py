@@ -7,9 +7,7 @@ import sys
 
 from rich.console import Console
 
-from lab_ray.cli import split_args
-from lab_ray.config import load_config
-from lab_ray.errors import ConfigError, TaxonomyError
+from lab_ray.errors import TaxonomyError
 from lab_ray.taxonomy.diff import changed_leaves
 from lab_ray.taxonomy.loader import Taxonomy, load_taxonomy
 from lab_ray.taxonomy.stats import leaf_tree, stats_table
@@ -30,16 +28,9 @@ def register(sub, common) -> None:
             sp.add_argument("--base", help="git ref to compare with, or 'empty' for the whole tree")
         if name == "validate":
             sp.add_argument("--no-documents", action="store_true", help="skip resolving knowledge documents")
-        sp.set_defaults(handler=handler)
+        sp.set_defaults(handler=handler, positional_range=(0, 1), usage=f"taxonomy {name} [PATH] [key=value ...]")
 
 
-def _setup(ns: argparse.Namespace):
-    positional, overrides = split_args(ns.args)
-    if len(positional) > 1:
-        raise ConfigError(f"expected at most one PATH, got {' '.join(positional)}")
-    cfg = load_config(overrides, ns.config)
-    path = positional[0] if positional else cfg.taxonomy.path
-    return cfg, path
 
 
 def _print_problems(tax: Taxonomy) -> None:
@@ -47,8 +38,12 @@ def _print_problems(tax: Taxonomy) -> None:
         print(str(p), file=sys.stderr)
 
 
-def _validate(ns: argparse.Namespace) -> int:
-    cfg, path = _setup(ns)
+def _path(cfg, positional: list[str]) -> str:
+    return positional[0] if positional else cfg.taxonomy.path
+
+
+def _validate(ns: argparse.Namespace, cfg, positional) -> int:
+    path = _path(cfg, positional)
     tax = load_taxonomy(path, cfg.taxonomy, check_documents=False if ns.no_documents else None)
     _print_problems(tax)
     n_err, n_warn = len(tax.errors), len(tax.warnings)
@@ -60,8 +55,8 @@ def _validate(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _stats(ns: argparse.Namespace) -> int:
-    cfg, path = _setup(ns)
+def _stats(ns: argparse.Namespace, cfg, positional) -> int:
+    path = _path(cfg, positional)
     tax = load_taxonomy(path, cfg.taxonomy, check_documents=False)
     console = Console()
     console.print(leaf_tree(tax.leaves, str(path)))
@@ -74,8 +69,8 @@ def _stats(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _diff(ns: argparse.Namespace) -> int:
-    cfg, path = _setup(ns)
+def _diff(ns: argparse.Namespace, cfg, positional) -> int:
+    path = _path(cfg, positional)
     base = ns.base or cfg.taxonomy.base
     changes = changed_leaves(path, base)
     if not changes:

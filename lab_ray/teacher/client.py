@@ -23,9 +23,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import dataclasses
+import importlib
+
 import httpx
 
-from lab_ray.teacher.config import CHOICE_FIELDS
+from lab_ray.teacher.config import ChoiceField, ClientConfig
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 
@@ -97,11 +100,13 @@ class Usage:
 class TeacherClient:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, *, max_concurrency: int = 16,
                  timeout_s: float = 300.0, max_retries: int = 3, backoff_base_s: float = 0.5,
-                 backoff_max_s: float = 20.0, seed: int | None = None, choice_field: str = "guided_choice",
-                 choice_top_logprobs: int = 0):
-        if choice_field not in CHOICE_FIELDS:
-            raise ValueError(f"teacher.client.choice_field must be one of {list(CHOICE_FIELDS)}, not {choice_field!r}")
-        self.choice_field = choice_field
+                 backoff_max_s: float = 20.0, seed: int | None = None,
+                 choice_field: str | ChoiceField = ChoiceField.guided_choice, choice_top_logprobs: int = 0):
+        try:
+            self.choice_field = ChoiceField(str(getattr(choice_field, "value", choice_field)))
+        except ValueError:
+            raise ValueError(f"teacher.client.choice_field must be one of {[c.value for c in ChoiceField]}, "
+                             f"not {choice_field!r}") from None
         self.choice_top_logprobs = choice_top_logprobs
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -120,17 +125,6 @@ class TeacherClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
-    @classmethod
-    def from_config(cls, teacher_cfg, base_url: str | None = None, api_key: str | None = None) -> "TeacherClient":
-        from lab_ray.teacher.app import api_key as configured_key
-
-        c = teacher_cfg.client
-        url = base_url or teacher_cfg.base_url or f"http://{teacher_cfg.host}:{teacher_cfg.port}/v1"
-        return cls(url, teacher_cfg.model, api_key or configured_key(teacher_cfg), max_concurrency=c.max_concurrency,
-                   timeout_s=c.timeout_s, max_retries=c.max_retries, backoff_base_s=c.backoff_base_s,
-                   backoff_max_s=c.backoff_max_s, choice_field=c.choice_field,
-                   choice_top_logprobs=c.choice_top_logprobs)
-
     # -- async API ------------------------------------------------------------
     async def chat(self, messages: list[dict], **params) -> TeacherReply:
         return await self._request("/chat/completions", {"messages": messages, **params}, chat=True)
@@ -140,7 +134,7 @@ class TeacherClient:
 
     async def choose(self, messages: list[dict], choices: list[str], **params) -> TeacherReply:
         """Constrained choice (vLLM's guided_choice / structured_outputs); the reply's text is one of `choices`."""
-        constraint = ({"guided_choice": list(choices)} if self.choice_field == "guided_choice"
+        constraint = ({"guided_choice": list(choices)} if self.choice_field is ChoiceField.guided_choice
                       else {"structured_outputs": {"choice": list(choices)}})
         if self.choice_top_logprobs:
             constraint.update(logprobs=True, top_logprobs=self.choice_top_logprobs)
@@ -268,3 +262,28 @@ class TeacherClient:
                              logprobs=[c.get("logprobs") for c in choices])
         self._count(Usage(reply.prompt_tokens, reply.completion_tokens, 1, attempts - 1, 0))
         return reply
+
+
+# -- the one way to build a teacher client from config -------------------------
+def client_spec(teacher_cfg, base_url: str, api_key: str | None = None, seed: int | None = None) -> dict:
+    """A picklable description of the run's teacher client: the endpoint plus every
+    `teacher.client` setting (taken field by field from ClientConfig, so a new
+    setting reaches every user without another edit). Generation actors,
+    calibration, checkpoint scorers and eval all build their client from one."""
+    settings = {f.name: teacher_cfg.client[f.name] for f in dataclasses.fields(ClientConfig)}
+    settings["choice_field"] = str(getattr(settings["choice_field"], "value", settings["choice_field"]))
+    return {"kind": "http", "base_url": base_url.rstrip("/"), "model": teacher_cfg.model, "api_key": api_key,
+            "seed": seed, **settings}
+
+
+def test_teacher_spec(factory: str, args: dict | None = None) -> dict:
+    """A spec for an in-process test teacher ("module:callable", see lab_ray.testing)."""
+    return {"kind": "python", "factory": factory, "args": dict(args or {})}
+
+
+def make_teacher(spec: dict):
+    """A client from a spec of `client_spec` (or `test_teacher_spec`: tests and benchmarks only)."""
+    if spec.get("kind") == "python":
+        module, fn = spec["factory"].split(":")
+        return getattr(importlib.import_module(module), fn)(**spec.get("args", {}))
+    return TeacherClient(**{k: v for k, v in spec.items() if k != "kind"})

@@ -6,8 +6,6 @@ import argparse
 import signal
 import time
 
-from lab_ray.cli import split_args
-from lab_ray.config import load_config
 from lab_ray.errors import ConfigError
 
 
@@ -16,15 +14,11 @@ def register(sub, common) -> None:
     tsub = p.add_subparsers(dest="teacher_command", metavar="ACTION")
     tsub.required = True
     serve = tsub.add_parser("serve", parents=[common], help="deploy the teacher as an OpenAI-compatible Serve app")
-    serve.add_argument("overrides", nargs="*", metavar="key=value")
-    serve.set_defaults(handler=_serve)
+    serve.add_argument("args", nargs="*", metavar="key=value")
+    serve.set_defaults(handler=_serve, positional_range=(0, 0), usage="teacher serve [key=value ...]")
 
 
-def _serve(ns: argparse.Namespace) -> int:
-    positional, overrides = split_args(ns.overrides)
-    if positional:
-        raise ConfigError(f"teacher serve takes key=value overrides only, not {positional[0]!r}")
-    cfg = load_config(overrides, ns.config)
+def _serve(ns: argparse.Namespace, cfg, positional) -> int:
     from lab_ray.teacher.app import deploy, shutdown
 
     if cfg.teacher.backend == "openai":

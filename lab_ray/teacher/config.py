@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Dict, List, Optional
 
 
@@ -20,8 +21,17 @@ class AutoscalingConfig:
     target_ongoing_requests: float = 16.0
 
 
-# teacher.client.choice_field values (checked by load_config, see lab_ray/config.py).
-CHOICE_FIELDS = ("guided_choice", "structured_outputs")
+class ChoiceField(StrEnum):
+    """How a constrained choice is asked for."""
+
+    guided_choice = "guided_choice"  # our CPU app, vLLM < 0.12
+    structured_outputs = "structured_outputs"  # vLLM >= 0.12 (it removed guided_choice and ignores it silently)
+
+
+class Backend(StrEnum):
+    cpu = "cpu"  # transformers Serve deployment (embedded default)
+    vllm = "vllm"  # ray.serve.llm + vLLM
+    openai = "openai"  # an external OpenAI-compatible endpoint
 
 
 @dataclass
@@ -34,7 +44,7 @@ class ClientConfig:
     backoff_max_s: float = 20.0
     # How a constrained choice is asked for: "guided_choice" (our CPU app, vLLM < 0.12)
     # or "structured_outputs" (vLLM >= 0.12 removed guided_choice and silently ignores it).
-    choice_field: str = "guided_choice"
+    choice_field: ChoiceField = ChoiceField.guided_choice
     # Ask for first-token top_logprobs with each choice, so a server that returns no
     # per-choice likelihood (vLLM) still gives verdicts a probability.
     choice_top_logprobs: int = 0
@@ -58,7 +68,7 @@ class VLLMConfig:
 class TeacherConfig:
     # cpu: transformers Serve deployment (embedded default);
     # vllm: ray.serve.llm + vLLM on GPUs; openai: an external endpoint.
-    backend: str = "cpu"
+    backend: Backend = Backend.cpu
     # Name clients send as `model`; for cpu also what is loaded
     # ("SmolLM2-135M-Instruct" = the embedded model, or a local HF directory).
     model: str = "SmolLM2-135M-Instruct"

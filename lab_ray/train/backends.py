@@ -1,29 +1,26 @@
 """Distributed backends: `ddp` (torch DDP; gloo on CPU, nccl on GPU) and
 `deepspeed` (ZeRO stage / offload / bf16 from our config).
 
-Both return (model, optimizer, scheduler, step_fn pieces) behind one small
-interface so the loop does not branch on the backend.
+Both sit behind one small `Backend` interface (backward, micro_done, step,
+state / load_state, lr) so the loop does not branch on the backend.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 
 
-def lr_lambda(schedule: str, warmup: int, total: int):
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if schedule == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
-    return f
+# Our schedule names -> transformers' (constant keeps the warmup ramp when one is set).
+_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def lr_scheduler(optimizer, schedule: str, warmup: int, total: int):
+    """Warmup then cosine / linear decay or constant: transformers' own schedulers."""
+    from transformers import get_scheduler
+
+    return get_scheduler(_SCHEDULERS[str(schedule)], optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
 def deepspeed_config(tc: dict, pc: dict) -> dict:
@@ -49,14 +46,14 @@ def deepspeed_config(tc: dict, pc: dict) -> dict:
 
 
 class Backend:
-    """Wraps model/optimizer/scheduler; `micro_step` runs forward+backward, `step` the update."""
+    """Model, optimizer and scheduler of one backend: `backward` per micro-batch, `step` the update."""
 
     def __init__(self, model, tc: dict, pc: dict, total_steps: int):
         self.tc, self.pc = tc, pc
         self.engine = None
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=pc["lr"], weight_decay=pc["weight_decay"], betas=(0.9, 0.95))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(pc["schedule"], pc["warmup_steps"], total_steps))
+        sched = lr_scheduler(opt, pc["schedule"], pc["warmup_steps"], total_steps)
         if tc["backend"] == "deepspeed":
             import deepspeed
 
@@ -70,7 +67,7 @@ class Backend:
             self.model = ray.train.torch.prepare_model(model)
             self.module = getattr(self.model, "module", self.model)
         else:
-            raise ValueError(f"unknown backend {tc['backend']!r} (ddp | deepspeed)")
+            raise ValueError(f"unknown train.backend {tc['backend']!r}")
         self.optimizer, self.scheduler = opt, sched
 
     @property

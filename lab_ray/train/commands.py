@@ -11,15 +11,12 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from lab_ray.cli import split_args
-from lab_ray.config import load_config
-from lab_ray.errors import ConfigError
 
 
 def register(sub, common) -> None:
     p = sub.add_parser("train", parents=[common], help="multi-phase training (knowledge short/long, skills) on Ray Train")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.set_defaults(handler=_train)
+    p.add_argument("args", nargs="*", metavar="key=value")
+    p.set_defaults(handler=_train, positional_range=(0, 0), usage="train [key=value ...] (e.g. train.start_phase=skills)")
 
 
 def summary_table(result: dict) -> Table:
@@ -34,13 +31,9 @@ def summary_table(result: dict) -> Table:
     return t
 
 
-def _train(ns: argparse.Namespace) -> int:
+def _train(ns: argparse.Namespace, cfg, positional) -> int:
     from lab_ray.train.phases import run_training
 
-    positional, overrides = split_args(ns.overrides)
-    if positional:
-        raise ConfigError(f"train takes key=value overrides only (train.start_phase=skills ...), not {positional[0]!r}")
-    cfg = load_config(overrides, ns.config)
     result = run_training(cfg)
     console = Console()
     console.print(summary_table(result))

@@ -8,7 +8,27 @@ optimisation settings so `conf/train/<profile>.yaml` can tune each one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import List
+
+
+class Schedule(StrEnum):
+    """Learning-rate schedule after warmup (transformers' schedulers)."""
+
+    cosine = "cosine"
+    linear = "linear"
+    constant = "constant"
+
+
+class Mode(StrEnum):
+    min = "min"
+    max = "max"
+
+
+class TrainBackend(StrEnum):
+    ddp = "ddp"  # torch DDP: gloo on CPU, nccl on GPU
+    deepspeed = "deepspeed"  # DeepSpeed ZeRO (stage, offload, bf16 from train.deepspeed)
+
 
 PHASES = ("knowledge_short", "knowledge_long", "skills")
 
@@ -21,7 +41,7 @@ class PhaseConfig:
     max_steps: int = 0
     lr: float = 2e-5
     warmup_steps: int = 0
-    schedule: str = "cosine"  # cosine | linear | constant
+    schedule: Schedule = Schedule.cosine
     weight_decay: float = 0.0
     # Packed rows of max_seq_len tokens per worker per micro-step, and
     # micro-steps per optimizer step. Effective batch (tokens) =
@@ -47,7 +67,7 @@ class SelectionConfig:
     # "module:function" scorers, each fn(checkpoint_dir, phase, cfg) -> {metric: value}.
     scorers: List[str] = field(default_factory=lambda: ["lab_ray.train.selection:heldout_loss"])
     metric: str = "heldout_loss"
-    mode: str = "min"  # min | max
+    mode: Mode = Mode.min
     # Among candidates tied on `metric`, the lowest value of this one wins ("" = the latest wins).
     tiebreak: str = "heldout_loss"
     # Held-out rows per phase used by the held-out-loss scorer (a bound on its cost).
@@ -58,7 +78,7 @@ class SelectionConfig:
 class TrainConfig:
     model: str = "SmolLM2-135M-Instruct"  # HF dir or the embedded name
     data_dir: str = ""  # default: runs/<name>/data
-    backend: str = "ddp"  # ddp | deepspeed
+    backend: TrainBackend = TrainBackend.ddp
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0

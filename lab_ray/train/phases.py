@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lab_ray.config import run_dir
+from lab_ray.storage import run_dir
 from lab_ray.errors import ConfigError, LabRayError
 from lab_ray.ray_cluster import init_ray
 from lab_ray.train import checkpoints

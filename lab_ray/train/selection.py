@@ -35,7 +35,7 @@ def load_scorer(spec: str):
 
 
 def data_dir(cfg) -> Path:
-    from lab_ray.config import run_dir
+    from lab_ray.storage import run_dir
 
     return Path(cfg.train.data_dir) if cfg.train.data_dir else run_dir(cfg) / "data"
 

@@ -85,7 +85,7 @@ def test_submit_runs_a_small_generate_on_the_cluster(ray_head, tmp_path):
     new local one, and writes its run directory. The test teacher keeps it fast; the pipeline is real."""
     root = tmp_path / "runs"
     proc = _submit(ray_head, "generate", "run.name=submitted", f"run.root={root}", "sdg.samples_per_leaf=3",
-                   "sdg.test_teacher=lab_ray.sdg.fake_teachers:InstantTeacher", "sdg.progress=false",
+                   "sdg.test_teacher=lab_ray.testing.fake_teachers:InstantTeacher", "sdg.progress=false",
                    timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "SUCCEEDED" in proc.stderr

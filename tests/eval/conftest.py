@@ -46,7 +46,7 @@ def teacher(eval_cfg):
     """The embedded teacher deployed once; eval code finds it serving on teacher.port and reuses it."""
     import ray
 
-    from lab_ray.sdg.commands import teacher_endpoint
+    from lab_ray.teacher.endpoint import teacher_endpoint
 
     with teacher_endpoint(eval_cfg) as (url, key):
         yield url, key

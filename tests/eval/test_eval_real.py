@@ -9,7 +9,8 @@ import pytest
 
 from lab_ray.eval.runner import judge, run_eval
 from lab_ray.eval.sets import build_eval_sets, eval_dir
-from lab_ray.eval.teacher import LazyTeacher, serving_url
+from lab_ray.eval.teacher import LazyTeacher
+from lab_ray.teacher.endpoint import serving_url
 
 KNOWLEDGE_LEAF = "knowledge/geography/islands/varrow_island"
 SKILL_LEAVES = {"compositional_skills/extraction/facts_to_list", "compositional_skills/writing/poetry/haiku",

@@ -16,7 +16,7 @@ SAMPLE_LEAVES = [
     "knowledge/geography/islands/varrow_island",
 ]
 REASONS = {"judged_out", "unparsable", "teacher_error", "duplicate"}
-FAKES = "lab_ray.sdg.fake_teachers"
+FAKES = "lab_ray.testing.fake_teachers"
 
 
 def instant_spec(**args) -> dict:

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from lab_ray.sdg.fake_teachers import FaultyTeacher, InstantTeacher, read_fates
+from lab_ray.testing.fake_teachers import FaultyTeacher, InstantTeacher, read_fates
 from lab_ray.sdg.parsing import clean_single, parse_tagged
 from lab_ray.sdg.prompts import load_prompt
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from lab_ray.sdg.fake_teachers import PLAIN_GARBAGE, TAGGED_GARBAGE
+from lab_ray.testing.fake_teachers import PLAIN_GARBAGE, TAGGED_GARBAGE
 from lab_ray.sdg.parsing import clean_single, parse_tagged
 
 TAGS = ("Question", "Answer")

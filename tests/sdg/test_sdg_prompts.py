@@ -9,7 +9,7 @@ import pytest
 
 from sdg_helpers import SAMPLE_TAXONOMY, instant_spec, sdg_config
 
-from lab_ray.config import conf_dir
+from lab_ray.resources import conf_dir
 from lab_ray.errors import ConfigError
 from lab_ray.sdg.prompts import load_personas, load_prompt, persona_for
 

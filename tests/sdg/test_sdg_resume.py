@@ -15,7 +15,7 @@ import pytest
 
 from sdg_helpers import SAMPLE_LEAVES, check_run, faulty_spec, read_jsonl_dir, read_parquet_dir, sdg_config
 
-from lab_ray.sdg.fake_teachers import read_fates
+from lab_ray.testing.fake_teachers import read_fates
 
 LAB_RAY = Path(sys.executable).with_name("lab-ray")
 QUOTA = 40  # per leaf; shards hold up to 64 rows, so a run writes several

@@ -145,9 +145,9 @@ def test_bad_requests_get_openai_errors_and_deployment_survives(teacher, body, r
 
 def test_shared_client_against_the_real_teacher(teacher):
     endpoint, cfg = teacher
-    from lab_ray.teacher.client import TeacherClient
+    from lab_ray.teacher.client import client_spec, make_teacher
 
-    client = TeacherClient.from_config(cfg.teacher, base_url=endpoint.base_url)
+    client = make_teacher(client_spec(cfg.teacher, endpoint.base_url, endpoint.api_key))
     calls = [("chat", {"messages": [{"role": "user", "content": f"Say {i}."}], "max_tokens": 4}) for i in range(5)]
     calls.append(("choose", {"messages": [{"role": "user", "content": "Is ice cold?"}], "choices": ["yes", "no"]}))
     replies = client.run_many(calls)

@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from lab_ray.config import conf_dir
+from lab_ray.resources import conf_dir
 from lab_ray.errors import ConfigError
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)

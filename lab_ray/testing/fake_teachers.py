@@ -3,7 +3,7 @@
 They stand in for the teacher client inside each stage actor, through the
 pipeline's python teacher spec:
 
-    {"kind": "python", "factory": "lab_ray.sdg.fake_teachers:InstantTeacher", "args": {...}}
+    {"kind": "python", "factory": "lab_ray.testing.fake_teachers:InstantTeacher", "args": {...}}
 
 and honour the client's contract: `run_many(calls) -> list[TeacherReply]`,
 one reply per call, in order, never raising.

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lab_ray.cli import split_args
-from lab_ray.config import load_config, to_yaml
+from omegaconf import OmegaConf
 
 
 def register(sub, common) -> None:
@@ -13,21 +12,15 @@ def register(sub, common) -> None:
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     csub.required = True
     show = csub.add_parser("show", parents=[common], help="print the resolved config (after overrides)")
-    show.add_argument("overrides", nargs="*", metavar="key=value")
-    show.set_defaults(handler=_show)
+    show.add_argument("args", nargs="*", metavar="key=value")
+    show.set_defaults(handler=_show, positional_range=(0, 0), usage="config show [key=value ...]")
     ref = csub.add_parser("reference", parents=[common],
                           help="print the configuration reference (Markdown: every key, type, default, meaning)")
     ref.set_defaults(handler=_reference)
 
 
-def _show(ns: argparse.Namespace) -> int:
-    positional, overrides = split_args(ns.overrides)
-    if positional:
-        from lab_ray.errors import ConfigError
-
-        raise ConfigError(f"config show takes only key=value overrides, not {positional[0]!r}")
-    cfg = load_config(overrides, ns.config)
-    print(to_yaml(cfg), end="")
+def _show(ns: argparse.Namespace, cfg, positional) -> int:
+    print(OmegaConf.to_yaml(cfg), end="")
     return 0
 
 

@@ -1,0 +1,48 @@
+"""The teacher's lifecycle for a command: reuse one that serves, or deploy one for
+the duration, and say where it is (URL + API key) so clients can be built."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import httpx
+
+from lab_ray.ray_cluster import init_ray
+from lab_ray.teacher.app import api_key, deploy, shutdown
+from lab_ray.teacher.config import Backend
+
+
+@contextlib.contextmanager
+def teacher_endpoint(cfg) -> Iterator[tuple[str, str | None]]:
+    """(base URL, API key) for the run: the configured URL, or a teacher deployed for it
+    (shut down when the block ends)."""
+    init_ray(cfg.ray)
+    if cfg.teacher.base_url or cfg.teacher.backend == Backend.openai:
+        yield (cfg.teacher.base_url.rstrip("/"), api_key(cfg.teacher))
+        return
+    endpoint = deploy(cfg.teacher, cfg.ray)
+    try:
+        yield endpoint.base_url, endpoint.api_key
+    finally:
+        shutdown()
+
+
+def serving_url(cfg) -> str | None:
+    """The configured teacher URL, or the local one if a teacher already answers there."""
+    t = cfg.teacher
+    if t.base_url:
+        return t.base_url.rstrip("/")
+    url = f"http://{t.host}:{t.port}{t.route_prefix.rstrip('/')}/v1"
+    key = api_key(t)
+    try:
+        r = httpx.get(url + "/models", timeout=3.0, headers={"Authorization": f"Bearer {key}"} if key else {})
+    except httpx.HTTPError:
+        return None
+    if r.status_code != 200:
+        return None
+    try:
+        ids = {m.get("id") for m in r.json().get("data", [])}
+    except (ValueError, AttributeError):
+        return None
+    return url if t.model in ids else None
