@@ -3,7 +3,7 @@
 Only the engine is measured: task fan-out, the stage actor pools (context,
 instruction, judge, response, judge), the atomic Parquet shards and the
 finalize pass (per-leaf dedup, samples Parquet, messages JSONL, stats), with
-`lab_ray.sdg.fake_teachers:InstantTeacher` answering every request at once.
+`lab_ray.testing.fake_teachers:InstantTeacher` answering every request at once.
 
 For each N in --samples a fresh child process runs `lab-ray generate`'s own
 code path (`lab_ray.sdg.commands.generate`) on its own local Ray, on a
@@ -61,13 +61,13 @@ def write_taxonomy(root: Path, leaves: int) -> list[str]:
 # -- child: one generate run --------------------------------------------------------
 def child(args) -> None:
     from lab_ray.config import load_config
-    from lab_ray.sdg import pipeline
+    from lab_ray.sdg import run as pipeline
     from lab_ray.sdg.commands import generate
 
     work = Path(args.dir)
     per_leaf = args.child // args.leaves
     overrides = [f"run.root={work / 'runs'}", "run.name=scale", f"taxonomy.path={work / 'taxonomy'}",
-                 f"sdg.samples_per_leaf={per_leaf}", "sdg.test_teacher=lab_ray.sdg.fake_teachers:InstantTeacher",
+                 f"sdg.samples_per_leaf={per_leaf}", "sdg.test_teacher=lab_ray.testing.fake_teachers:InstantTeacher",
                  "sdg.progress=false", f"ray.num_cpus={args.num_cpus}", "profiles.sdg=lab",
                  f"sdg.batch_size={args.batch_size}", f"sdg.actors_per_stage={args.actors}", *args.override]
     cfg = load_config(overrides)

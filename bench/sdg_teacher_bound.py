@@ -84,7 +84,8 @@ def main() -> None:
     import asyncio
 
     from lab_ray.config import load_config
-    from lab_ray.sdg import pipeline
+    from lab_ray.sdg import run as pipeline
+    from lab_ray.teacher.client import client_spec
     from lab_ray.ray_cluster import init_ray
     from lab_ray.teacher.app import deploy
 
@@ -97,12 +98,9 @@ def main() -> None:
     t = time.perf_counter()
     endpoint = deploy(cfg.teacher, cfg.ray)
     print(f"teacher deployed in {time.perf_counter() - t:.0f} s ({load_note()})", flush=True)
-    c = cfg.teacher.client
+    client_args = {k: v for k, v in client_spec(cfg.teacher, endpoint.base_url, endpoint.api_key).items() if k != "kind"}
     spec = {"kind": "python", "factory": "sdg_teacher_bound:LoggingClient",
-            "args": {"log_dir": str(logs), "base_url": endpoint.base_url, "model": cfg.teacher.model,
-                     "api_key": endpoint.api_key, "max_concurrency": c.max_concurrency, "timeout_s": c.timeout_s,
-                     "max_retries": c.max_retries, "backoff_base_s": c.backoff_base_s,
-                     "backoff_max_s": c.backoff_max_s}}
+            "args": {"log_dir": str(logs), **client_args}}
     marks = {}
     calibrate, finalize = pipeline.load_or_calibrate, pipeline.finalize
 

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lab_ray.storage import Journal
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "train"))
 
 
@@ -89,9 +91,9 @@ def main() -> None:
     init_ray(cfg.ray)
     tdir = (root / "bench" / "train").resolve()
     tdir.mkdir(parents=True, exist_ok=True)
-    journal = phases.Journal(tdir / "journal.json")
+    journal = Journal(tdir / "journal.json", {"phases": {}, "selection": {}})
     phases._train_phase(cfg, "knowledge_short", resolve_model("SmolLM2-135M-Instruct"), tdir,
-                        journal.phase("knowledge_short"), journal)
+                        journal.entry("phases", "knowledge_short"), journal)
     ray_wall = time.perf_counter() - t0
     import ray
 

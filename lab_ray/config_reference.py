@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import inspect
 import textwrap
+import enum
 import typing
 
 from omegaconf import OmegaConf
@@ -47,6 +48,8 @@ def _type_name(tp) -> str:
         return f"optional {_type_name(args[0])}"
     if typing.get_origin(tp) in (list, dict):
         return f"{typing.get_origin(tp).__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return " \\| ".join(m.value for m in tp)  # escaped: a Markdown table cell
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 

@@ -1,4 +1,6 @@
-"""Prompts are data: one YAML file per prompt in conf/prompts/ (or sdg.prompts_dir).
+"""Prompts are data: one YAML file per prompt in conf/prompts/ (or a prompts_dir).
+
+Shared by generation (sdg) and evaluation (eval).
 
 A prompt has a `system` text, a `turn_user` / `turn_assistant` pair rendered
 once per in-context example (the example is `example`) and a final
@@ -9,12 +11,14 @@ StrictUndefined: a missing variable is an error, never an empty string.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
 import yaml
 
 from lab_ray.resources import conf_dir
@@ -34,6 +38,12 @@ class Prompt:
     positive: str | None = None
     scores: dict = field(default_factory=dict)
     output_tags: tuple[str, ...] = ()
+
+    def variables(self) -> set[str]:
+        """The row values the prompt reads: its templates' free variables; the
+        example turns read `example` and the example's own keys, not the row's."""
+        names = set().union(*(template_variables(t) for t in (self.system, self.turn_user)))
+        return names | (template_variables(self.turn_assistant) - {"example"})
 
     def render(self, row: dict[str, Any], examples: list[dict] = ()) -> list[dict[str, str]]:
         try:
@@ -55,6 +65,16 @@ def _compile(template: str) -> jinja2.Template:
 
 def _render(template: str, variables: dict) -> str:
     return _compile(template).render(**variables)
+
+
+@lru_cache(maxsize=256)
+def _variables(template: str) -> tuple[str, ...]:
+    return tuple(sorted(jinja2.meta.find_undeclared_variables(_ENV.parse(template))))
+
+
+def template_variables(template: str) -> set[str]:
+    """The free variables a template reads (jinja2.meta)."""
+    return set(_variables(template))
 
 
 def prompts_dir(path: str | None) -> Path:
@@ -86,17 +106,94 @@ def load_prompt(name: str, directory: str | None = None) -> Prompt:
                   scores=dict(data.get("scores") or {}), output_tags=tuple(data.get("output_tags") or ()))
 
 
-def load_personas(directory: str | None = None) -> dict[str, str]:
-    path = prompts_dir(directory) / "personas.yaml"
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
-    if not isinstance(data, dict) or "default" not in data:
-        raise ConfigError(f"{path} must map persona names to texts and define `default`")
-    return {str(k): str(v).strip() for k, v in data.items()}
+class MemoRenderer:
+    """`Prompt.render` without per-row repeats (the hot path of a generation stage).
 
+    A prompt's system text and its in-context example turns depend on a few
+    leaf-level variables and on the row's example rotation only, so each
+    template's output is memoised on the values of exactly the variables the
+    template reads; the row's own final turn is rendered every time. The
+    caller checks `render` against `Prompt.render` now and then (see
+    sdg.stages.TeacherStage.messages) and falls back to the latter on any
+    difference.
+    """
 
-def persona_for(leaf_path: str, mapping: dict[str, str]) -> str:
-    best = ""
-    for prefix in mapping:
-        if (leaf_path == prefix or leaf_path.startswith(prefix.rstrip("/") + "/")) and len(prefix) > len(best):
-            best = prefix
-    return mapping[best] if best else "default"
+    LIMIT = 4096  # entries per cache; cleared when full
+
+    def __init__(self, prompt: Prompt):
+        self.prompt = prompt
+        self.vars = {t: _variables(t) for t in (prompt.system, prompt.turn_user, prompt.turn_assistant)}
+        self.cache: dict = {}
+        self.parsed: dict[str, list] = {}
+        self.prefixes: dict = {}
+
+    def examples(self, text: str) -> list[dict]:
+        """A row's `examples` JSON, parsed once per distinct text."""
+        out = self.parsed.get(text)
+        if out is None:
+            if len(self.parsed) >= self.LIMIT:
+                self.parsed.clear()
+            out = self.parsed[text] = json.loads(text)
+        return out
+
+    def prefix_vars(self, examples: list[dict]) -> tuple:
+        """The row variables the system text and the example turns read (an example's own keys win)."""
+        p = self.prompt
+        names = set(self.vars[p.system])
+        for ex in examples:
+            names |= set(self.vars[p.turn_user]) - set(ex)
+            names |= set(self.vars[p.turn_assistant]) - {"example"}
+        return tuple(sorted(names))
+
+    def prefix(self, row: dict, examples_text: str | None, examples: list[dict]) -> list[dict]:
+        """System message + example turns, memoised on (examples text, the row values they read)."""
+        names = self.prefix_vars(examples)
+        key = (examples_text, tuple(row.get(v, MemoRenderer) for v in names))
+        try:
+            out = self.prefixes.get(key)
+        except TypeError:
+            return self._prefix(row, examples)
+        if out is None:
+            out = self._prefix(row, examples)
+            if len(self.prefixes) >= self.LIMIT:
+                self.prefixes.clear()
+            self.prefixes[key] = out
+        return out
+
+    def _prefix(self, row: dict, examples: list[dict]) -> list[dict]:
+        p = self.prompt
+        messages = [{"role": "system", "content": self._cached(p.system, row)}]
+        for ex in examples:
+            messages.append({"role": "user", "content": self._cached(p.turn_user, {**row, **ex})})
+            messages.append({"role": "assistant", "content": self._cached(p.turn_assistant, {**row, "example": ex})})
+        return messages
+
+    @staticmethod
+    def _freeze(v):
+        if isinstance(v, dict):
+            return tuple(sorted((k, MemoRenderer._freeze(x)) for k, x in v.items()))
+        if isinstance(v, list):
+            return tuple(MemoRenderer._freeze(x) for x in v)
+        return v
+
+    def _cached(self, template: str, variables: dict) -> str:
+        key = (template, tuple(self._freeze(variables.get(v, MemoRenderer)) for v in self.vars[template]))
+        try:
+            out = self.cache.get(key)
+        except TypeError:  # an unhashable value: no memo
+            return _render(template, variables).strip()
+        if out is None:
+            out = _render(template, variables).strip()
+            if len(self.cache) >= self.LIMIT:
+                self.cache.clear()
+            self.cache[key] = out
+        return out
+
+    def render(self, row: dict, examples: list[dict], examples_text: str | None = None) -> list[dict[str, str]]:
+        p = self.prompt
+        try:
+            messages = list(self.prefix(row, examples_text, examples))
+            messages.append({"role": "user", "content": _render(p.turn_user, row).strip()})
+        except jinja2.UndefinedError as e:
+            raise ConfigError(f"prompt {p.name}: {e} (a variable the template uses is missing)")
+        return [m for m in messages if m["content"] or m["role"] != "system"]

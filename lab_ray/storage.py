@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,8 @@ class Journal:
 
     def is_done(self, section: str, name: str) -> bool:
         return self.data[section].get(name, {}).get("status") == "done"
+
+    def finish(self, section: str, name: str, **info) -> None:
+        """Mark `name` done (with when, and what `info` says) and save."""
+        self.data[section][name] = {"status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        self.save()

@@ -15,7 +15,7 @@ NOT_PROMPTS = {"calibration", "personas"}  # data files beside the prompts
 
 CHECK = """
 import lab_ray, lab_ray.config as c
-from lab_ray.sdg.prompts import load_prompt
+from lab_ray.prompts import load_prompt
 assert lab_ray.__file__.startswith({site!r}), lab_ray.__file__
 d = c.conf_dir()
 assert d == __import__("pathlib").Path(lab_ray.__file__).parent / "_conf", d

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 from lab_ray.eval.mcq import MCQ
 from lab_ray.eval.sets import EvalSets, build_eval_sets, eval_dir
 from lab_ray.eval.student import StudentModel
+from lab_ray.storage import atomic_write_json
 
 KNOWLEDGE_METRIC = "accuracy"
 SKILLS_METRIC = "judge_1_10"
@@ -81,7 +81,7 @@ def judge(teacher, prompt, items: list[dict], answers: list[str], model_name: st
 
 
 def score_skills(student: StudentModel, skills: dict[str, list[dict]], teacher, cfg) -> dict[str, dict]:
-    from lab_ray.sdg.prompts import load_prompt
+    from lab_ray.prompts import load_prompt
 
     prompt = load_prompt("eval_judge", cfg.eval.prompts_dir)
     flat = [(leaf, it) for leaf, items in skills.items() for it in items]
@@ -168,15 +168,8 @@ def evaluate_cached(model_path: str, cfg, sets: EvalSets, teacher) -> dict:
         except ValueError:
             pass
     res = evaluate_model(model_path, cfg, sets, teacher)
-    _write_json(cache, res)
+    atomic_write_json(cache, res)
     return res
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 def compare(trained: dict, base: dict | None) -> dict[str, dict]:
@@ -217,6 +210,6 @@ def run_eval(cfg, model_path: str, base: bool = True, teacher=None) -> dict:
               "generation": sets.generation, "teacher_usage": usage,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = eval_dir(cfg) / "results.json"
-    _write_json(path, result)
+    atomic_write_json(path, result)
     result["path"] = str(path)
     return result

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lab_ray.storage import run_dir
 from lab_ray.errors import LabRayError
 from lab_ray.eval.mcq import LETTERS, MCQ, cloze_mcqs, mcq_id, norm, parse_mcq, support
+from lab_ray.storage import atomic_write_json, atomic_write_text, run_dir
 
 MCQ_FILE = "knowledge_mcq.jsonl"
 
@@ -121,7 +120,7 @@ def _few_shot(seed_mcqs: list[MCQ], leaf, k: int, offset: int) -> list[dict]:
 
 def generate_mcqs(cfg, leaf, docs: list[str], client, tokenizer, prompt) -> tuple[list[MCQ], dict]:
     """Teacher-written MCQs for one knowledge leaf (+ cloze fallback); returns (mcqs, stats)."""
-    from lab_ray.sdg.chunking import chunk_text
+    from lab_ray.taxonomy.chunking import chunk_text
 
     k = cfg.eval.knowledge
     seed_mcqs = cloze_mcqs(leaf.path, leaf.examples, cfg.eval.seed)
@@ -201,19 +200,16 @@ def _read_cache(path: Path) -> tuple[dict[str, list[MCQ]], dict]:
 
 
 def _write_cache(path: Path, by_leaf: dict[str, list[MCQ]], meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(q.to_dict()) + "\n" for leaf in sorted(by_leaf) for q in by_leaf[leaf]))
-    meta_tmp = path.with_suffix(".meta.tmp")
-    meta_tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, path)
-    os.replace(meta_tmp, path.with_suffix(".meta.json"))
+    # The items first, then the meta that vouches for them: a kill between leaves
+    # new items with an old meta, whose fingerprints then no longer match (rebuilt).
+    atomic_write_text(path, "".join(json.dumps(q.to_dict()) + "\n" for leaf in sorted(by_leaf) for q in by_leaf[leaf]))
+    atomic_write_json(path.with_suffix(".meta.json"), meta)
 
 
 def build_eval_sets(cfg, teacher=None, tax=None) -> EvalSets:
     """Eval sets for the run; knowledge MCQs come from the cache or, for leaves
     missing or changed there, from the teacher (`teacher()` returns a client)."""
-    from lab_ray.sdg.prompts import load_prompt
+    from lab_ray.prompts import load_prompt
 
     tax = tax or load_leaves(cfg)
     sets = EvalSets()

@@ -11,36 +11,18 @@ comparison all reach it through `teacher.base_url`, which is set for the run.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
 import time
-from pathlib import Path
 
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from lab_ray.storage import run_dir
 from lab_ray.errors import LabRayError
+from lab_ray.storage import Journal, run_dir
 
 STEPS = ("validate", "generate", "train", "eval", "report")
-
-
-class RunJournal:
-    def __init__(self, path: Path):
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.is_file() else {"steps": {}}
-
-    def done(self, step: str) -> bool:
-        return self.data["steps"].get(step, {}).get("status") == "done"
-
-    def finish(self, step: str, **info) -> None:
-        self.data["steps"][step] = {"status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
-        os.replace(tmp, self.path)
 
 
 def _validate(cfg, console: Console):
@@ -67,18 +49,20 @@ def _empty_leaves(stats: dict, leaves) -> list[str]:
 
 
 def run_pipeline(cfg) -> dict:
-    from lab_ray.sdg.commands import summary_table, teacher_endpoint
-    from lab_ray.sdg.pipeline import _teacher_spec, run_generation
+    from lab_ray.sdg.commands import summary_table
+    from lab_ray.sdg.run import run_generation
+    from lab_ray.teacher.client import client_spec
+    from lab_ray.teacher.endpoint import teacher_endpoint
 
     console = Console()
     rdir = run_dir(cfg)
-    journal = RunJournal(rdir / "run.json")
+    journal = Journal(rdir / "run.json", {"steps": {}})
     t_start = time.time()
     console.rule(f"lab-ray run {cfg.run.name}: validate {cfg.taxonomy.path}")
     tax = _validate(cfg, console)
-    journal.finish("validate", leaves=len(tax.leaves))
+    journal.finish("steps", "validate", leaves=len(tax.leaves))
     OmegaConf.save(cfg, rdir / "config.yaml")
-    pending = not all(journal.done(step) for step in ("generate", "train", "eval"))
+    pending = not all(journal.is_done("steps", step) for step in ("generate", "train", "eval"))
     if cfg.ray.address is None and cfg.ray.num_cpus is None:
         # The teacher replica holds its CPUs for the whole run while mostly idle
         # during training; without extra logical CPUs Ray Data's tokenisation
@@ -89,10 +73,10 @@ def run_pipeline(cfg) -> dict:
         cfg.teacher.base_url = url
         if key:
             cfg.teacher.api_key = key
-        if not journal.done("generate"):
+        if not journal.is_done("steps", "generate"):
             console.rule("generate: taxonomy-driven synthetic data (teacher generates and judges)")
             t0 = time.time()
-            result = run_generation(cfg, _teacher_spec(cfg, url, key))
+            result = run_generation(cfg, client_spec(cfg.teacher, url, key))
             console.print(summary_table(result.stats))
             empty = _empty_leaves(result.stats, tax.leaves)
             if empty:
@@ -100,9 +84,9 @@ def run_pipeline(cfg) -> dict:
                 if cfg.pipeline.require_every_leaf:
                     raise LabRayError(msg + " (raise sdg.samples_per_leaf, or set pipeline.require_every_leaf=false)")
                 console.print(f"[yellow]warning: {msg}[/]")
-            journal.finish("generate", wall_s=time.time() - t0, kept=result.stats["total"]["kept"],
+            journal.finish("steps", "generate", wall_s=time.time() - t0, kept=result.stats["total"]["kept"],
                            empty_leaves=empty)
-        if not journal.done("train"):
+        if not journal.is_done("steps", "train"):
             from lab_ray.train.commands import summary_table as train_table
             from lab_ray.train.phases import run_training
 
@@ -111,20 +95,20 @@ def run_pipeline(cfg) -> dict:
             _use_eval_selection(cfg)
             trained = run_training(cfg)
             console.print(train_table(trained))
-            journal.finish("train", wall_s=time.time() - t0, final_checkpoint=trained["final_checkpoint"])
+            journal.finish("steps", "train", wall_s=time.time() - t0, final_checkpoint=trained["final_checkpoint"])
         final = journal.data["steps"]["train"]["final_checkpoint"]
-        if not journal.done("eval"):
+        if not journal.is_done("steps", "eval"):
             from lab_ray.eval.runner import run_eval
 
             console.rule(f"eval: {final} vs the base model")
             t0 = time.time()
             result = run_eval(cfg, final, base=bool(cfg.pipeline.eval_base))
-            journal.finish("eval", wall_s=time.time() - t0, path=result["path"], summary=result["summary"])
+            journal.finish("steps", "eval", wall_s=time.time() - t0, path=result["path"], summary=result["summary"])
     from lab_ray.report.builder import write_report
 
     console.rule("report")
     report = write_report(rdir, cfg)
-    journal.finish("report", path=str(report))
+    journal.finish("steps", "report", path=str(report))
     # soft_wrap: paths stay on one line, copyable
     console.print(f"done in {time.time() - t_start:.0f} s.\nmodel:  {final}\nreport: {report} (+ .html)",
                   soft_wrap=True)

@@ -88,11 +88,18 @@ def section_samples(doc: Doc, inp: RunInputs, out: Path, dpi: int) -> None:
         doc.missing(inp.missing["samples"])
 
 
-def section_funnel(doc: Doc, inp: RunInputs, out: Path, dpi: int) -> None:
-    doc.h("Generation funnel")
+def _generation_stats(doc: Doc, inp: RunInputs, heading: str) -> dict:
+    """The per-leaf generation stats under a new heading, or {} with the reason shown."""
+    doc.h(heading)
     stats = _stats_leaves(inp)
     if not stats:
         doc.missing(f"{inp.missing.get('stats', 'no generation statistics')} (run `lab-ray generate`)")
+    return stats
+
+
+def section_funnel(doc: Doc, inp: RunInputs, out: Path, dpi: int) -> None:
+    stats = _generation_stats(doc, inp, "Generation funnel")
+    if not stats:
         return
     doc.img(plots.funnel(stats, out / "funnel.png", dpi).name, "stage funnel")
     rows = []
@@ -107,10 +114,8 @@ def section_funnel(doc: Doc, inp: RunInputs, out: Path, dpi: int) -> None:
 
 
 def section_teacher(doc: Doc, inp: RunInputs, out: Path, dpi: int) -> None:
-    doc.h("Teacher tokens and throughput")
-    stats = _stats_leaves(inp)
+    stats = _generation_stats(doc, inp, "Teacher tokens and throughput")
     if not stats:
-        doc.missing(f"{inp.missing.get('stats', 'no generation statistics')} (run `lab-ray generate`)")
         return
     total = (inp.stats or {}).get("total") or {}
     pt = total.get("prompt_tokens", sum(s.get("prompt_tokens", 0) for s in stats.values()))

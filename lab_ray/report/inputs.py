@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-PHASE_DATA = ("knowledge_train", "skills_train")
+from lab_ray.training_data import TRAINING_DATASETS
+
 
 
 @dataclass
@@ -53,7 +54,7 @@ def _json(path: Path, what: str, missing: dict, key: str) -> dict | None:
 def read_samples(data_dir: Path, per_leaf: int, missing: dict) -> dict[str, dict]:
     """Counts per leaf from the messages JSONL, streamed line by line; a few examples per leaf."""
     out: dict[str, dict] = {}
-    files = [p for phase in PHASE_DATA for p in sorted((data_dir / phase).glob("part-*.jsonl"))]
+    files = [p for phase in TRAINING_DATASETS for p in sorted((data_dir / phase).glob("part-*.jsonl"))]
     if not files:
         missing["samples"] = f"no training samples ({data_dir}/knowledge_train|skills_train/part-*.jsonl)"
         return out

@@ -15,13 +15,14 @@ verdicts never change between an interrupted and an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
-from lab_ray.sdg.prompts import prompts_dir
-from lab_ray.sdg.stages import JUDGES, make_teacher
+from lab_ray.prompts import prompts_dir
+from lab_ray.sdg.stages import JUDGES, ROW_SCHEMA
+from lab_ray.storage import atomic_write_json, read_json
+from lab_ray.teacher.client import make_teacher
 
 
 def _references(path: str | None) -> dict:
@@ -31,9 +32,10 @@ def _references(path: str | None) -> dict:
 
 
 def _row(spec: dict, **fields) -> dict:
-    return {"leaf": spec["leaf"], "kind": spec["kind"], "task_description": spec["task_description"],
-            "domain": spec["domain"], "persona": spec["persona"], "context": "", "question": "", "answer": "",
-            "examples": "[]", **fields}
+    """A reference row: the schema's defaults, the leaf's own values, then `fields`."""
+    row = {c.name: c.default for c in ROW_SCHEMA.values()}
+    row.update({k: spec[k] for k in ("leaf", "kind", "branch", "task_description", "domain", "persona")})
+    return {**row, **fields}
 
 
 def reference_rows(stage: str, spec: dict, others: list[str], refs: dict, k: int) -> tuple[list[dict], list[dict]]:
@@ -62,14 +64,10 @@ def calibrate(specs: list[dict], teacher_spec: dict, sdg: dict) -> dict:
     k = int(sdg["judge"]["max_references"])
     out: dict[str, dict[str, list[float]]] = {}
     for judge_cls in JUDGES:
-        judge = judge_cls.__new__(judge_cls)  # prompt + scoring only; no teacher of its own
-        judge.sdg, judge.calibration = sdg, {}
-        from lab_ray.sdg.prompts import load_prompt
-
-        judge.prompt = load_prompt(judge.prompt_name, sdg.get("prompts_dir"))
+        judge = judge_cls(None, sdg)  # builds requests and scores replies; the calls go through `teacher`
         calls, index = [], []
         for spec in specs:
-            if (spec["kind"] == "knowledge") != judge.knowledge or not spec["seeds"]:
+            if spec["kind"] not in judge.kinds or not spec["seeds"]:
                 continue
             others = [s["seeds"][0]["question"] for s in specs if s["leaf"] != spec["leaf"] and s["seeds"]]
             good, bad = reference_rows(judge.stage, spec, others, refs, k)
@@ -99,9 +97,7 @@ def load_or_calibrate(path: Path, specs: list[dict], teacher_spec: dict, sdg: di
     if not sdg["judge"]["calibrate"]:
         return {}
     if path.exists():
-        return json.loads(path.read_text())
+        return read_json(path)
     result = calibrate(specs, teacher_spec, sdg)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
-    tmp.replace(path)
+    atomic_write_json(path, result, sort_keys=True)
     return result

@@ -4,51 +4,42 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from typing import Iterator
 
 from omegaconf import OmegaConf
 
 from rich.console import Console
 from rich.table import Table
 
-from lab_ray.cli import split_args
-from lab_ray.config import load_config
-from lab_ray.errors import ConfigError
+from lab_ray.ray_cluster import init_ray
+from lab_ray.teacher.client import client_spec, in_process_teacher_spec
 
 
 def register(sub, common) -> None:
     p = sub.add_parser("generate", parents=[common], help="synthetic data generation (LAB SDG) on Ray Data")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.set_defaults(handler=_generate)
+    p.add_argument("args", nargs="*", metavar="key=value")
+    p.set_defaults(handler=_generate, positional_range=(0, 0), usage="generate [key=value ...] (e.g. taxonomy.path=...)")
 
 
 @contextlib.contextmanager
-def teacher_endpoint(cfg):
-    """An endpoint for the run: the configured URL, or a teacher deployed for it."""
-    from lab_ray.ray_cluster import init_ray
-    from lab_ray.teacher.app import api_key, deploy, shutdown
-
-    init_ray(cfg.ray)
-    if cfg.teacher.base_url or cfg.teacher.backend == "openai":
-        yield (cfg.teacher.base_url.rstrip("/"), api_key(cfg.teacher))
+def generation_teacher(cfg) -> Iterator[dict]:
+    """The teacher client spec generation uses: the run's teacher (deployed for the
+    block if none serves), or an in-process test teacher (sdg.test_teacher)."""
+    if cfg.sdg.test_teacher:  # tests and benchmarks only: no endpoint
+        init_ray(cfg.ray)
+        yield in_process_teacher_spec(cfg.sdg.test_teacher, OmegaConf.to_container(cfg.sdg.test_teacher_args, resolve=True))
         return
-    endpoint = deploy(cfg.teacher, cfg.ray)
-    try:
-        yield endpoint.base_url, endpoint.api_key
-    finally:
-        shutdown()
+    from lab_ray.teacher.endpoint import teacher_endpoint
+
+    with teacher_endpoint(cfg) as (url, key):
+        yield client_spec(cfg.teacher, url, key)
 
 
 def generate(cfg):
-    from lab_ray.sdg.pipeline import _teacher_spec, run_generation
-    from lab_ray.ray_cluster import init_ray
+    from lab_ray.sdg.run import run_generation
 
-    if cfg.sdg.test_teacher:  # tests and benchmarks: an in-process test teacher, no endpoint
-        init_ray(cfg.ray)
-        spec = {"kind": "python", "factory": cfg.sdg.test_teacher,
-                "args": OmegaConf.to_container(cfg.sdg.test_teacher_args, resolve=True)}
+    with generation_teacher(cfg) as spec:
         return run_generation(cfg, spec)
-    with teacher_endpoint(cfg) as (url, key):
-        return run_generation(cfg, _teacher_spec(cfg, url, key))
 
 
 def summary_table(stats: dict) -> Table:
@@ -65,11 +56,7 @@ def summary_table(stats: dict) -> Table:
     return table
 
 
-def _generate(ns: argparse.Namespace) -> int:
-    positional, overrides = split_args(ns.overrides)
-    if positional:
-        raise ConfigError(f"generate takes key=value overrides only (taxonomy.path=...), not {positional[0]!r}")
-    cfg = load_config(overrides, ns.config)
+def _generate(ns: argparse.Namespace, cfg, positional) -> int:
     result = generate(cfg)
     console = Console()
     console.print(summary_table(result.stats))

@@ -1,185 +1,65 @@
 """The SDG stages as Ray Data map_batches callables (one actor pool each).
 
 Every stage receives a pandas batch, sends one teacher request per live row
-concurrently through the shared TeacherClient, and writes its result columns.
-Rows are never removed mid-pipeline: a row that fails gets status="dropped"
-with the stage and the reason (judged_out, unparsable, teacher_error), so the
-stats can show in = kept + dropped for every stage, and later stages skip it.
+concurrently through the shared teacher client, and writes its output
+columns. Rows are never removed mid-pipeline: a row that fails gets
+status="dropped" with the stage and the reason (judged_out, unparsable,
+teacher_error), so the stats can show in = kept + dropped for every stage,
+and later stages skip it.
+
+Each stage declares what it reads and writes, as distilabel's steps do:
+`inputs` (column names) and `outputs` (columns), plus the row kinds it
+serves. The frame schema, the score columns and the stage order per kind are
+derived from these declarations (`columns.row_schema`, `SCORE_COLUMNS`,
+`stage_order`); tests/sdg/test_sdg_stage_columns.py holds every stage's
+templates and `apply` to its declaration.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import math
+from typing import ClassVar
 
 import pandas as pd
 
+from lab_ray.prompts import MemoRenderer, load_prompt
+from lab_ray.sdg.columns import ANSWER, CONTEXT, QUESTION, Column, add_missing, score_col, row_schema, typed
 from lab_ray.sdg.parsing import clean_single, parse_tagged
-from lab_ray.sdg.prompts import _compile, load_prompt
+from lab_ray.teacher.client import make_teacher
 
-SKILL_STAGES = ["gen_context", "gen_instruction", "judge_instruction", "gen_response", "judge_pair"]
-KNOWLEDGE_STAGES = ["gen_qa", "judge_faithfulness", "judge_relevance", "judge_question"]
-ALL_STAGES = SKILL_STAGES + KNOWLEDGE_STAGES + ["dedup"]
-
-
-def make_teacher(spec: dict):
-    """spec: {"kind": "http", ...client kwargs} or {"kind": "python", "factory": "mod:fn", "args": {...}}."""
-    if spec.get("kind") == "python":  # test/benchmark teachers only; never the default path
-        module, fn = spec["factory"].split(":")
-        return getattr(importlib.import_module(module), fn)(**spec.get("args", {}))
-    from lab_ray.teacher.client import TeacherClient
-
-    kw = {k: v for k, v in spec.items() if k != "kind"}
-    return TeacherClient(**kw)
-
-
-class _Memo:
-    """Prompt rendering and example parsing without per-row repeats (a stage hot path).
-
-    A prompt's system text and its in-context example turns depend on a few
-    leaf-level variables and on the row's example rotation only, so each
-    template's output is memoised on the values of exactly the variables the
-    template reads (jinja2.meta); the row's own final turn is rendered every
-    time. `render` mirrors `Prompt.render`; `Stage.messages` checks it against
-    `Prompt.render` on the first row of every batch and falls back to the
-    latter for good on any difference.
-    """
-
-    LIMIT = 4096  # entries per cache; cleared when full
-
-    def __init__(self, prompt):
-        import jinja2.meta
-
-        from lab_ray.sdg.prompts import _ENV
-
-        self.prompt = prompt
-        self.vars = {t: tuple(sorted(jinja2.meta.find_undeclared_variables(_ENV.parse(t))))
-                     for t in (prompt.system, prompt.turn_user, prompt.turn_assistant)}
-        self.cache: dict = {}
-        self.parsed: dict[str, list] = {}
-        self.prefixes: dict = {}
-
-    def examples(self, text: str) -> list[dict]:
-        out = self.parsed.get(text)
-        if out is None:
-            if len(self.parsed) >= self.LIMIT:
-                self.parsed.clear()
-            out = self.parsed[text] = json.loads(text)
-        return out
-
-    def prefix_vars(self, examples: list[dict]) -> tuple:
-        """The row variables the system text and the example turns read (an example's own keys win)."""
-        p = self.prompt
-        names = set(self.vars[p.system])
-        for ex in examples:
-            names |= set(self.vars[p.turn_user]) - set(ex)
-            names |= set(self.vars[p.turn_assistant]) - {"example"}
-        return tuple(sorted(names))
-
-    def prefix(self, row: dict, examples_text: str | None, examples: list[dict]) -> list[dict]:
-        """System message + example turns, memoised on (examples text, the row values they read)."""
-        names = self.prefix_vars(examples)
-        key = (examples_text, tuple(row.get(v, _Memo) for v in names))
-        try:
-            out = self.prefixes.get(key)
-        except TypeError:
-            return self._prefix(row, examples)
-        if out is None:
-            out = self._prefix(row, examples)
-            if len(self.prefixes) >= self.LIMIT:
-                self.prefixes.clear()
-            self.prefixes[key] = out
-        return out
-
-    def _prefix(self, row: dict, examples: list[dict]) -> list[dict]:
-        p = self.prompt
-        messages = [{"role": "system", "content": self._cached(p.system, row)}]
-        for ex in examples:
-            messages.append({"role": "user", "content": self._cached(p.turn_user, {**row, **ex})})
-            messages.append({"role": "assistant", "content": self._cached(p.turn_assistant, {**row, "example": ex})})
-        return messages
-
-    @staticmethod
-    def _freeze(v):
-        if isinstance(v, dict):
-            return tuple(sorted((k, _Memo._freeze(x)) for k, x in v.items()))
-        if isinstance(v, list):
-            return tuple(_Memo._freeze(x) for x in v)
-        return v
-
-    def _cached(self, template: str, variables: dict) -> str:
-        key = (template, tuple(self._freeze(variables.get(v, _Memo)) for v in self.vars[template]))
-        try:
-            out = self.cache.get(key)
-        except TypeError:  # an unhashable value: no memo
-            return _compile(template).render(**variables).strip()
-        if out is None:
-            out = _compile(template).render(**variables).strip()
-            if len(self.cache) >= self.LIMIT:
-                self.cache.clear()
-            self.cache[key] = out
-        return out
-
-    def render(self, row: dict, examples: list[dict], examples_text: str | None = None) -> list[dict[str, str]]:
-        import jinja2
-
-        from lab_ray.errors import ConfigError
-
-        p = self.prompt
-        try:
-            messages = list(self.prefix(row, examples_text, examples))
-            messages.append({"role": "user", "content": _compile(p.turn_user).render(**row).strip()})
-        except jinja2.UndefinedError as e:
-            raise ConfigError(f"prompt {p.name}: {e} (a variable the template uses is missing)")
-        return [m for m in messages if m["content"] or m["role"] != "system"]
-
-
-def empty_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """The columns every stage may write, so all batches share one schema."""
-    defaults = {"status": "ok", "drop_stage": "", "drop_reason": "", "drop_detail": "", "question": "",
-                "answer": "", "instruction_score": math.nan, "pair_score": math.nan,
-                "faithfulness_score": math.nan, "relevance_score": math.nan, "question_score": math.nan,
-                "prompt_tokens": 0, "completion_tokens": 0}
-    for col, value in defaults.items():
-        if col not in df.columns:
-            df[col] = value
-    return df
-
-
-SCORE_COLUMNS = ("instruction_score", "pair_score", "faithfulness_score", "relevance_score", "question_score")
-
-
-def typed(df: pd.DataFrame) -> pd.DataFrame:
-    """Fixed dtypes: a score column that is all-null in a block arrives as None
-    objects, which Ray would store pickled and Parquet readers then refuse."""
-    for col in SCORE_COLUMNS:
-        if col in df.columns:
-            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
-    for col in ("prompt_tokens", "completion_tokens", "request_index", "chunk_index"):
-        if col in df.columns:
-            df[col] = pd.to_numeric(df[col], errors="coerce").fillna(0).astype("int64")
-    return df
+SKILL_KINDS = ("grounded", "freeform")
+# Read by every stage besides its declared inputs: which rows it serves (kind,
+# status) and the request seed (id).
+ROW_KEYS = ("id", "kind", "status")
 
 
 class TeacherStage:
-    stage = ""
-    prompt_name = ""
+    """A stage that asks the teacher once per live row.
 
-    def __init__(self, teacher_spec: dict, sdg: dict, calibration: dict | None = None):
-        self.teacher = make_teacher(teacher_spec)
+    Input columns: `inputs` (besides ROW_KEYS, which every stage reads).
+    Output columns: `outputs`, plus the state columns (status, drop_*, tokens).
+    """
+
+    stage: ClassVar[str] = ""
+    prompt_name: ClassVar[str] = ""
+    kinds: ClassVar[tuple[str, ...]] = ()  # the row kinds the stage serves
+    inputs: ClassVar[tuple[str, ...]] = ()
+    outputs: ClassVar[tuple[Column, ...]] = ()
+
+    def __init__(self, teacher_spec: dict | None, sdg: dict, calibration: dict | None = None):
+        """teacher_spec None: a stage that only builds requests and scores replies
+        (calibration sends them through its own client)."""
+        self.teacher = make_teacher(teacher_spec) if teacher_spec is not None else None
         self.sdg = sdg
         self.prompt = load_prompt(self.prompt_name, sdg.get("prompts_dir"))
         # leaf -> [raw score of known-bad references, raw score of known-good ones]
         self.calibration = (calibration or {}).get(self.stage, {})
-        self.memo = _Memo(self.prompt)
+        self.schema = ROW_SCHEMA  # every column of the whole flow: all shards share one schema
+        self.memo = MemoRenderer(self.prompt)
         self.memo_ok = True  # False once the memoised render ever differed from Prompt.render
         self._check_next = True
 
-    knowledge = False  # which branch the stage serves: knowledge rows or skill rows
-
     def applies(self, row: dict) -> bool:
-        return (row["kind"] == "knowledge") == self.knowledge
+        return row["kind"] in self.kinds
 
     def request(self, row: dict) -> tuple[str, dict]:
         raise NotImplementedError
@@ -188,7 +68,7 @@ class TeacherStage:
         raise NotImplementedError
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        batch = empty_columns(batch)
+        batch = add_missing(batch, self.schema)
         cols = list(batch.columns)
         # column lists -> row dicts (the same Python values as to_dict("records"), far cheaper)
         rows = [dict(zip(cols, values)) for values in zip(*(batch[c].tolist() for c in cols))]
@@ -207,16 +87,13 @@ class TeacherStage:
             except (ValueError, KeyError, TypeError) as e:
                 self.drop(row, "unparsable", f"{type(e).__name__}: {e}"[:300])
         out = pd.DataFrame({c: [r[c] for r in rows] for c in cols}, columns=batch.columns)
-        return typed(out)
+        return typed(out, self.schema)
 
     def drop(self, row: dict, reason: str, detail: str = "") -> None:
         row.update(status="dropped", drop_stage=self.stage, drop_reason=reason, drop_detail=detail[:300])
 
     def messages(self, row: dict, with_examples: bool = True) -> list[dict]:
-        memo = getattr(self, "memo", None)  # None: a judge built without __init__ (calibration.py)
-        if memo is None:
-            return self.prompt.render(row, json.loads(row["examples"]) if with_examples else [])
-        examples = memo.examples(row["examples"]) if with_examples else []
+        examples = self.memo.examples(row["examples"]) if with_examples else []
         if not self.memo_ok:
             return self.prompt.render(row, examples)
         out = self.memo.render(row, examples, row["examples"] if with_examples else None)
@@ -253,10 +130,16 @@ class JudgeStage(TeacherStage):
     rows as known-bad; see calibration.py): the calibrated score is
     (raw - bad) / (good - bad), so 0.5 means halfway between the two. When the
     references do not separate, the raw score and raw threshold are used.
+
+    Input columns: `inputs` + leaf (the calibration is per leaf).
+    Output columns: the judge's one score column (`outputs[0]`).
     """
 
-    score_column = ""
-    threshold_key = ""
+    threshold_key: ClassVar[str] = ""
+
+    @classmethod
+    def score_column(cls) -> str:
+        return cls.outputs[0].name
 
     def request(self, row):
         return self.choose(row)
@@ -274,17 +157,21 @@ class JudgeStage(TeacherStage):
         raw = self.raw_score(reply)
         cal = self.calibrated(row["leaf"], raw)
         score = raw if cal is None else cal
-        row[self.score_column] = score
+        row[self.score_column()] = score
         if score < self.sdg["judge"][self.threshold_key]:
             self.drop(row, "judged_out", f"raw={raw:.3f}" + ("" if cal is None else f" calibrated={cal:.2f}"))
 
 
 # -- skills -------------------------------------------------------------------
 class GenerateContext(TeacherStage):
-    stage, prompt_name = "gen_context", "skill_context"
+    """Grounded skills: a new passage for the task, like the seeds' contexts.
 
-    def applies(self, row):
-        return row["kind"] == "grounded"
+    Input columns: task_description, examples.  Output columns: context.
+    """
+
+    stage, prompt_name, kinds = "gen_context", "skill_context", ("grounded",)
+    inputs = ("task_description", "examples")
+    outputs = (CONTEXT,)
 
     def request(self, row):
         return self.generate(row, self.sdg["context_max_tokens"])
@@ -297,7 +184,14 @@ class GenerateContext(TeacherStage):
 
 
 class GenerateInstruction(TeacherStage):
-    stage, prompt_name = "gen_instruction", "skill_instruction"
+    """A new instruction of the leaf's kind, from its rotated seed examples.
+
+    Input columns: task_description, context, examples.  Output columns: question.
+    """
+
+    stage, prompt_name, kinds = "gen_instruction", "skill_instruction", SKILL_KINDS
+    inputs = ("task_description", "context", "examples")
+    outputs = (QUESTION,)
 
     def request(self, row):
         return self.generate(row, self.sdg["instruction_max_tokens"])
@@ -313,12 +207,26 @@ class GenerateInstruction(TeacherStage):
 
 
 class JudgeInstruction(JudgeStage):
-    stage, prompt_name = "judge_instruction", "instruction_judge"
-    score_column, threshold_key = "instruction_score", "instruction_min"
+    """On-topic, harmless, doable with text alone?
+
+    Input columns: leaf, task_description, context, question.  Output columns: instruction_score.
+    """
+
+    stage, prompt_name, kinds = "judge_instruction", "instruction_judge", SKILL_KINDS
+    inputs = ("leaf", "task_description", "context", "question")
+    outputs = (score_col("instruction_score", "judge_instruction: P(good task), calibrated per leaf"),)
+    threshold_key = "instruction_min"
 
 
 class GenerateResponse(TeacherStage):
-    stage, prompt_name = "gen_response", "skill_response"
+    """The response, with the leaf's persona as system text.
+
+    Input columns: persona, context, question, examples.  Output columns: answer.
+    """
+
+    stage, prompt_name, kinds = "gen_response", "skill_response", SKILL_KINDS
+    inputs = ("persona", "context", "question", "examples")
+    outputs = (ANSWER,)
 
     def request(self, row):
         return self.generate(row, self.sdg["response_max_tokens"])
@@ -333,10 +241,15 @@ class GenerateResponse(TeacherStage):
 class JudgePair(JudgeStage):
     """The pair on the 3-point scale: raw = expected grade under the judge's
     choice probabilities; the calibrated grade is 1 + 2 * calibrated score,
-    so the default threshold 2 means halfway between bad and good references."""
+    so the default threshold 2 means halfway between bad and good references.
 
-    stage, prompt_name = "judge_pair", "pair_judge"
-    score_column, threshold_key = "pair_score", "pair_min_score"
+    Input columns: leaf, context, question, answer.  Output columns: pair_score.
+    """
+
+    stage, prompt_name, kinds = "judge_pair", "pair_judge", SKILL_KINDS
+    inputs = ("leaf", "context", "question", "answer")
+    outputs = (score_col("pair_score", "judge_pair: grade 1-3 (poor, fair, good), calibrated per leaf"),)
+    threshold_key = "pair_min_score"
 
     def raw_score(self, reply) -> float:
         probs = reply.choice_probs() or {reply.text: 1.0}
@@ -349,8 +262,14 @@ class JudgePair(JudgeStage):
 
 # -- knowledge ----------------------------------------------------------------
 class GenerateKnowledgeQA(TeacherStage):
-    stage, prompt_name = "gen_qa", "knowledge_qa"
-    knowledge = True
+    """A question and its answer grounded in the row's document chunk.
+
+    Input columns: domain, context, examples.  Output columns: question, answer.
+    """
+
+    stage, prompt_name, kinds = "gen_qa", "knowledge_qa", ("knowledge",)
+    inputs = ("domain", "context", "examples")
+    outputs = (QUESTION, ANSWER)
 
     def request(self, row):
         return self.generate(row, self.sdg["knowledge"]["max_tokens"])
@@ -362,25 +281,63 @@ class GenerateKnowledgeQA(TeacherStage):
         row["question"], row["answer"] = items[0]["question"], items[0]["answer"]
 
 
-class _KnowledgeJudge(JudgeStage):
-    knowledge = True
+class JudgeFaithfulness(JudgeStage):
+    """Is the answer supported by the chunk?
+
+    Input columns: leaf, context, question, answer.  Output columns: faithfulness_score.
+    """
+
+    stage, prompt_name, kinds = "judge_faithfulness", "knowledge_faithfulness", ("knowledge",)
+    inputs = ("leaf", "context", "question", "answer")
+    outputs = (score_col("faithfulness_score", "judge_faithfulness: P(answer supported by the chunk)"),)
+    threshold_key = "faithfulness_min"
 
 
-class JudgeFaithfulness(_KnowledgeJudge):
-    stage, prompt_name = "judge_faithfulness", "knowledge_faithfulness"
-    score_column, threshold_key = "faithfulness_score", "faithfulness_min"
+class JudgeRelevance(JudgeStage):
+    """Does the answer address the question?
+
+    Input columns: leaf, question, answer.  Output columns: relevance_score.
+    """
+
+    stage, prompt_name, kinds = "judge_relevance", "knowledge_relevance", ("knowledge",)
+    inputs = ("leaf", "question", "answer")
+    outputs = (score_col("relevance_score", "judge_relevance: P(answer relevant to the question)"),)
+    threshold_key = "relevance_min"
 
 
-class JudgeRelevance(_KnowledgeJudge):
-    stage, prompt_name = "judge_relevance", "knowledge_relevance"
-    score_column, threshold_key = "relevance_score", "relevance_min"
+class JudgeQuestion(JudgeStage):
+    """Is the question a good quiz question about the chunk?
+
+    Input columns: leaf, context, question.  Output columns: question_score.
+    """
+
+    stage, prompt_name, kinds = "judge_question", "knowledge_question", ("knowledge",)
+    inputs = ("leaf", "context", "question")
+    outputs = (score_col("question_score", "judge_question: P(good question about the chunk)"),)
+    threshold_key = "question_min"
 
 
-class JudgeQuestion(_KnowledgeJudge):
-    stage, prompt_name = "judge_question", "knowledge_question"
-    score_column, threshold_key = "question_score", "question_min"
+# The flow, in order. Everything below is derived from these declarations.
+PIPELINE: tuple[type[TeacherStage], ...] = (
+    GenerateContext, GenerateInstruction, JudgeInstruction, GenerateResponse, JudgePair,
+    GenerateKnowledgeQA, JudgeFaithfulness, JudgeRelevance, JudgeQuestion,
+)
+JUDGES = tuple(s for s in PIPELINE if issubclass(s, JudgeStage))
+SCORE_COLUMNS = tuple(j.score_column() for j in JUDGES)
+ROW_SCHEMA = row_schema(PIPELINE)
+PROMPT_NAMES = tuple(s.prompt_name for s in PIPELINE)
 
 
-SKILL_PIPELINE = [GenerateContext, GenerateInstruction, JudgeInstruction, GenerateResponse, JudgePair]
-KNOWLEDGE_PIPELINE = [GenerateKnowledgeQA, JudgeFaithfulness, JudgeRelevance, JudgeQuestion]
-JUDGES = [JudgeInstruction, JudgePair, JudgeFaithfulness, JudgeRelevance, JudgeQuestion]
+def with_row_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Every column of the flow's row schema (defaults where missing), typed: what a shard holds."""
+    return typed(add_missing(df, ROW_SCHEMA), ROW_SCHEMA)
+
+
+def stages_for(kinds: set[str]) -> list[type[TeacherStage]]:
+    """The stages some row of these kinds passes through, in flow order (no idle actor pools)."""
+    return [s for s in PIPELINE if kinds & set(s.kinds)]
+
+
+def stage_order(kind: str) -> list[str]:
+    """The stages a row of this kind passes, in order, then dedup (the funnel of the stats)."""
+    return [s.stage for s in PIPELINE if kind in s.kinds] + ["dedup"]

@@ -19,8 +19,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from lab_ray.sdg.chunking import chunk_text
-from lab_ray.sdg.prompts import persona_for
+from lab_ray.taxonomy.chunking import chunk_text
+from lab_ray.sdg.personas import persona_for
 from lab_ray.taxonomy.leaf import Leaf
 
 # Tasks per range: the unit of fan-out (and of Ray Data's input blocks).

@@ -10,13 +10,16 @@ exactly one shard, so the ids in the shards are the work already done.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from lab_ray.sdg.stages import SCORE_COLUMNS
+from lab_ray.storage import atomic_write_bytes, atomic_write_text
+from lab_ray.training_data import TRAINING_DATASETS, dataset_for_branch
 
 SHARD_GLOB = "part-*.parquet"
 
@@ -28,12 +31,9 @@ class ShardWriter:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         if len(batch):
-            name = f"part-{uuid.uuid4().hex}.parquet"
-            tmp = self.dir / (name + ".tmp")
-            pq.write_table(pa.Table.from_pandas(batch, preserve_index=False), tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.dir / name)
+            sink = pa.BufferOutputStream()
+            pq.write_table(pa.Table.from_pandas(batch, preserve_index=False), sink)
+            atomic_write_bytes(self.dir / f"part-{uuid.uuid4().hex}.parquet", sink.getvalue().to_pybytes(), fsync=True)
         summary = batch.groupby(["leaf", "status"]).size().reset_index(name="rows") if len(batch) else \
             pd.DataFrame({"leaf": pd.Series(dtype=str), "status": pd.Series(dtype=str), "rows": pd.Series(dtype=int)})
         return summary
@@ -58,8 +58,7 @@ def message_record(r: dict, long_words: int) -> dict:
     context = r.get("context") or ""
     user = r["question"] if r["kind"] == "knowledge" or not context else f"{context}\n\n{r['question']}"
     words = len(str(r["answer"]).split())
-    scores = {k: (None if pd.isna(r[k]) else float(r[k])) for k in
-              ("instruction_score", "pair_score", "faithfulness_score", "relevance_score", "question_score")}
+    scores = {k: (None if pd.isna(r[k]) else float(r[k])) for k in SCORE_COLUMNS}
     meta = {"leaf": r["leaf"], "branch": r["branch"], "kind": r["kind"],
             "length": "long" if words > long_words else "short", "answer_words": words,
             "scores": {k: v for k, v in scores.items() if v is not None}}
@@ -71,22 +70,19 @@ def message_record(r: dict, long_words: int) -> dict:
 
 
 def write_jsonl(batch: pd.DataFrame, data_dir: str, long_words: int) -> pd.DataFrame:
-    """Writes kept rows as messages JSONL shards, split by training phase (a Ray Data task)."""
+    """Writes kept rows as messages JSONL shards, split by training dataset (a Ray Data task)."""
     counts = []
-    for phase, part in (("knowledge_train", batch[batch["branch"] != "compositional_skills"]),
-                        ("skills_train", batch[batch["branch"] == "compositional_skills"])):
+    dataset = batch["branch"].map(dataset_for_branch)
+    for phase in TRAINING_DATASETS:
+        part = batch[dataset == phase]
         if not len(part):
             continue
-        out = Path(data_dir) / phase
-        out.mkdir(parents=True, exist_ok=True)
-        name = out / f"part-{uuid.uuid4().hex}.jsonl"
+        name = Path(data_dir) / phase / f"part-{uuid.uuid4().hex}.jsonl"
         lines, short = [], 0
         for r in part.sort_values("id").to_dict("records"):
             rec = message_record(r, long_words)
             short += rec["metadata"]["length"] == "short"
             lines.append(json.dumps(rec, ensure_ascii=False))
-        tmp = Path(str(name) + ".tmp")
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        os.replace(tmp, name)
+        atomic_write_text(name, "\n".join(lines) + "\n")
         counts.append({"phase": phase, "rows": len(lines), "short": short})
     return pd.DataFrame(counts, columns=["phase", "rows", "short"])

@@ -276,13 +276,13 @@ def client_spec(teacher_cfg, base_url: str, api_key: str | None = None, seed: in
             "seed": seed, **settings}
 
 
-def test_teacher_spec(factory: str, args: dict | None = None) -> dict:
+def in_process_teacher_spec(factory: str, args: dict | None = None) -> dict:
     """A spec for an in-process test teacher ("module:callable", see lab_ray.testing)."""
     return {"kind": "python", "factory": factory, "args": dict(args or {})}
 
 
 def make_teacher(spec: dict):
-    """A client from a spec of `client_spec` (or `test_teacher_spec`: tests and benchmarks only)."""
+    """A client from a spec of `client_spec` (or `in_process_teacher_spec`: tests and benchmarks only)."""
     if spec.get("kind") == "python":
         module, fn = spec["factory"].split(":")
         return getattr(importlib.import_module(module), fn)(**spec.get("args", {}))

@@ -41,6 +41,7 @@ class PhaseConfig:
     max_steps: int = 0
     lr: float = 2e-5
     warmup_steps: int = 0
+    # Learning-rate schedule after the warmup steps (transformers' schedulers).
     schedule: Schedule = Schedule.cosine
     weight_decay: float = 0.0
     # Packed rows of max_seq_len tokens per worker per micro-step, and
@@ -67,6 +68,7 @@ class SelectionConfig:
     # "module:function" scorers, each fn(checkpoint_dir, phase, cfg) -> {metric: value}.
     scorers: List[str] = field(default_factory=lambda: ["lab_ray.train.selection:heldout_loss"])
     metric: str = "heldout_loss"
+    # min: the lowest metric wins (a loss); max: the highest (a score).
     mode: Mode = Mode.min
     # Among candidates tied on `metric`, the lowest value of this one wins ("" = the latest wins).
     tiebreak: str = "heldout_loss"
@@ -78,6 +80,7 @@ class SelectionConfig:
 class TrainConfig:
     model: str = "SmolLM2-135M-Instruct"  # HF dir or the embedded name
     data_dir: str = ""  # default: runs/<name>/data
+    # ddp: torch DDP (gloo on CPU, nccl on GPU); deepspeed: ZeRO per train.deepspeed.
     backend: TrainBackend = TrainBackend.ddp
     num_workers: int = 2
     use_gpu: bool = False

@@ -12,43 +12,28 @@ hands its workers the latest checkpoint and they continue from that step.
 from __future__ import annotations
 
 import glob
-import json
 import math
-import os
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lab_ray.storage import run_dir
 from lab_ray.errors import ConfigError, LabRayError
 from lab_ray.ray_cluster import init_ray
+from lab_ray.storage import Journal, run_dir
 from lab_ray.train import checkpoints
 from lab_ray.train import metrics as M
 from lab_ray.train.config import PHASES
 from lab_ray.train.selection import choose, data_dir, score_all
+from lab_ray.training_data import KNOWLEDGE_TRAIN, SKILLS_TRAIN, TRAINING_DATASETS
 
-# phase -> (data subdir, response length filter, replay (subdir, length) or None)
-PHASE_DATA = {
-    "knowledge_short": ("knowledge_train", "short", None),
-    "knowledge_long": ("knowledge_train", "long", ("knowledge_train", "short")),
-    "skills": ("skills_train", "", ("knowledge_train", "")),
+# phase -> (its training dataset, response length filter, replay (dataset, length) or None)
+PHASE_INPUTS = {
+    "knowledge_short": (KNOWLEDGE_TRAIN, "short", None),
+    "knowledge_long": (KNOWLEDGE_TRAIN, "long", (KNOWLEDGE_TRAIN, "short")),
+    "skills": (SKILLS_TRAIN, "", (KNOWLEDGE_TRAIN, "")),
 }
 SELECT_AFTER = {"knowledge_long": ("knowledge", ("knowledge_short", "knowledge_long")), "skills": ("skills", ("skills",))}
-
-
-class Journal:
-    def __init__(self, path: Path):
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.is_file() else {"phases": {}, "selection": {}}
-
-    def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str))
-        os.replace(tmp, self.path)  # atomic: a kill never leaves half a journal
-
-    def phase(self, name: str) -> dict:
-        return self.data["phases"].setdefault(name, {"status": "pending"})
 
 
 def _files(ddir: Path, sub: str) -> list[str]:
@@ -59,7 +44,7 @@ def _datasets(cfg, phase: str, model_dir: str):
     from lab_ray.train.tokenize import tokenized_dataset
 
     tc, pc = cfg.train, cfg.train[phase]
-    sub, length, replay = PHASE_DATA[phase]
+    sub, length, replay = PHASE_INPUTS[phase]
     ddir = data_dir(cfg)
     common = dict(model_dir=model_dir, max_seq_len=int(pc.max_seq_len), seed=int(tc.seed),
                   heldout_fraction=float(tc.heldout_fraction), train_on_user_kinds=list(tc.train_on_user_kinds))
@@ -146,7 +131,7 @@ def _select(cfg, group: str, phases: tuple, journal: Journal, tdir: Path) -> str
     sel = journal.data["selection"].get(group)
     if sel and sel.get("selected"):
         return sel["selected"]
-    candidates = [c for ph in phases for c in journal.phase(ph).get("checkpoints", [])]
+    candidates = [c for ph in phases for c in journal.entry("phases", ph).get("checkpoints", [])]
     if not candidates:
         return None
     t0 = time.time()
@@ -172,21 +157,21 @@ def run_training(cfg) -> dict:
     if tc.backend not in ("ddp", "deepspeed"):
         raise ConfigError(f"train.backend={tc.backend!r}: use ddp or deepspeed")
     ddir = data_dir(cfg)
-    if not any(_files(ddir, sub) for sub in ("knowledge_train", "skills_train")):
+    if not any(_files(ddir, sub) for sub in TRAINING_DATASETS):
         raise LabRayError(f"no training data in {ddir} (knowledge_train/*.jsonl, skills_train/*.jsonl); "
                           "run `lab-ray generate` first or set train.data_dir")
     if tc.init_from and not Path(resolve_model(tc.init_from)).is_dir():
         raise ConfigError(f"train.init_from={tc.init_from!r} is not a model directory")
     tdir = (run_dir(cfg) / "train").resolve()
     tdir.mkdir(parents=True, exist_ok=True)
-    journal = Journal(tdir / "journal.json")
+    journal = Journal(tdir / "journal.json", {"phases": {}, "selection": {}})
     base = resolve_model(tc.init_from or tc.model)
     init_ray(cfg.ray)
     start = PHASES.index(tc.start_phase)
     init = base
     with M.LiveView(tdir / "metrics.jsonl", bool(tc.live)):
         for i, phase in enumerate(PHASES):
-            entry = journal.phase(phase)
+            entry = journal.entry("phases", phase)
             if phase == "skills":
                 init = _select(cfg, "knowledge", SELECT_AFTER["knowledge_long"][1], journal, tdir) or init
             if entry["status"] not in ("done", "skipped"):
@@ -201,7 +186,7 @@ def run_training(cfg) -> dict:
     journal.data["final_checkpoint"] = final
     journal.save()
     for ph in PHASES:
-        e = journal.phase(ph)
+        e = journal.entry("phases", ph)
         M.append(tdir / "metrics.jsonl", {"event": "phase", "phase": ph, "status": e["status"],
                                           "wall_s": e.get("wall_s", 0.0), "time": time.time(),
                                           "selected": journal.data["selection"].get(

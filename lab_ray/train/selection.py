@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from lab_ray.errors import ConfigError
+from lab_ray.training_data import KNOWLEDGE_TRAIN, SKILLS_TRAIN
 
-# Selection group -> the data files it holds out from.
-GROUP_DATA = {"knowledge": "knowledge_train", "skills": "skills_train"}
+# Selection group -> the training dataset it holds out from.
+GROUP_DATA = {"knowledge": KNOWLEDGE_TRAIN, "skills": SKILLS_TRAIN}
 
 
 def load_scorer(spec: str):

@@ -58,7 +58,7 @@ def test_knowledge_mcqs_built_once_and_cached(eval_cfg, teacher):
 
 
 def test_judge_scores_within_1_to_10(eval_cfg, teacher):
-    from lab_ray.sdg.prompts import load_prompt
+    from lab_ray.prompts import load_prompt
 
     prompt = load_prompt("eval_judge")
     items = [{"question": "Write a haiku about the rain.",

@@ -130,7 +130,7 @@ class _FailingTeacher:
 
 
 def test_judge_fault_is_counted_not_fatal():
-    from lab_ray.sdg.prompts import load_prompt
+    from lab_ray.prompts import load_prompt
 
     prompt = load_prompt("eval_judge")
     items = [{"question": "Write a haiku about snow.", "reference": "White snow falls"}]

@@ -58,7 +58,7 @@ def check_run(run_dir: Path, quotas: dict[str, int], timed: bool = True) -> dict
 
     quotas: leaf -> expected number of tasks (rows) for that leaf.
     """
-    from lab_ray.sdg.pipeline import stage_order
+    from lab_ray.sdg.stages import stage_order
 
     sdg = run_dir / "sdg"
     assert not list((sdg / "shards").glob("*.tmp")), "a partial shard was left behind"

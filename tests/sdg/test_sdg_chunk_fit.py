@@ -6,7 +6,7 @@ import pytest
 
 from lab_ray.config import load_config
 from lab_ray.errors import ConfigError
-from lab_ray.sdg.pipeline import check_chunks_fit
+from lab_ray.sdg.plan import check_chunks_fit
 
 
 def test_chunks_too_large_for_the_teacher_are_a_config_error_naming_the_keys():

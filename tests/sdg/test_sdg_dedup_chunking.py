@@ -9,7 +9,7 @@ import pytest
 
 from sdg_helpers import REPO, sdg_config
 
-from lab_ray.sdg.chunking import chunk_text
+from lab_ray.taxonomy.chunking import chunk_text
 from lab_ray.sdg.dedup import dedup_leaf
 
 LONG = ("The lighthouse on the northern cape was built from local granite in the year the harbour opened, "
@@ -72,8 +72,8 @@ def test_dedup_is_within_a_leaf_not_across_leaves_in_a_run(ray_cluster, tmp_path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lab_ray.sdg.pipeline import finalize
-    from lab_ray.sdg.stages import empty_columns
+    from lab_ray.sdg.finalize import finalize
+    from lab_ray.sdg.stages import with_row_columns
 
     cfg = sdg_config(tmp_path, "dd")
     out = tmp_path / "dd" / "sdg"
@@ -85,7 +85,7 @@ def test_dedup_is_within_a_leaf_not_across_leaves_in_a_run(ray_cluster, tmp_path
                                     "word for word!", LONG, LONG.replace("granite", "stone"), f"Unique to {leaf}."]):
             rows.append({"id": f"{leaf[:4]}-{j}", "leaf": leaf, "branch": branch, "kind": "freeform",
                          "question": "Tell me something.", "answer": answer, "context": "", "chunk_index": -1})
-    df = empty_columns(pd.DataFrame(rows))
+    df = with_row_columns(pd.DataFrame(rows))
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), out / "shards" / "part-0.parquet")
     (out / "plan.json").write_text(json.dumps({"tasks": len(rows), "leaves": {a: 5, b: 5}}))
     stats = finalize(cfg, out)
@@ -102,7 +102,7 @@ def test_dedup_is_within_a_leaf_not_across_leaves_in_a_run(ray_cluster, tmp_path
 # -- chunking -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    from lab_ray.sdg.pipeline import _tokenizer
+    from lab_ray.sdg.plan import teacher_tokenizer as _tokenizer
 
     return _tokenizer(sdg_config(tmp_path_factory.mktemp("tok"), "t"))
 

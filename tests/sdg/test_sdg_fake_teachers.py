@@ -8,7 +8,7 @@ import pytest
 
 from lab_ray.testing.fake_teachers import FaultyTeacher, InstantTeacher, read_fates
 from lab_ray.sdg.parsing import clean_single, parse_tagged
-from lab_ray.sdg.prompts import load_prompt
+from lab_ray.prompts import load_prompt
 
 ROW = {"task_description": "Write a haiku.", "domain": "geography", "context": "Varrow Island is small.",
        "question": "What?", "answer": "That.", "persona": "You are precise."}

@@ -29,7 +29,7 @@ def _row_fates(log_dir: Path) -> Counter:
 
 
 def test_faulty_teacher_30_percent_the_run_completes_with_exact_counts(ray_cluster, tmp_path):
-    from lab_ray.sdg.pipeline import run_generation
+    from lab_ray.sdg.run import run_generation
 
     quota = 30
     cfg = sdg_config(tmp_path, "faulty", f"sdg.samples_per_leaf={quota}", "sdg.batch_size=16")
@@ -72,7 +72,7 @@ def test_community_taxonomy_end_to_end_with_the_instant_teacher(ray_cluster, tmp
     judge requests and makes 25% of rows repeat each other, so every drop path is exercised."""
     import yaml
 
-    from lab_ray.sdg.pipeline import run_generation
+    from lab_ray.sdg.run import run_generation
     from lab_ray.taxonomy.loader import load_taxonomy
 
     summit = "https://github.com/juliadenham/Summit_knowledge"
@@ -115,14 +115,14 @@ def test_a_run_where_every_row_is_dropped_completes_with_empty_outputs(ray_clust
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lab_ray.sdg.pipeline import finalize
-    from lab_ray.sdg.stages import empty_columns
+    from lab_ray.sdg.finalize import finalize
+    from lab_ray.sdg.stages import with_row_columns
 
     leaf = "compositional_skills/writing/poetry/haiku"
     cfg = sdg_config(tmp_path, "none", f"sdg.leaves=[{leaf}]", "sdg.samples_per_leaf=3")
     out = tmp_path / "none" / "sdg"
     (out / "shards").mkdir(parents=True)
-    df = empty_columns(pd.DataFrame([{"id": f"id-{i}", "leaf": leaf, "branch": "compositional_skills",
+    df = with_row_columns(pd.DataFrame([{"id": f"id-{i}", "leaf": leaf, "branch": "compositional_skills",
                                       "kind": "freeform", "context": "", "chunk_index": -1} for i in range(3)]))
     df["status"], df["drop_stage"], df["drop_reason"] = "dropped", "judge_pair", "judged_out"
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), out / "shards" / "part-0.parquet")

@@ -11,7 +11,8 @@ from sdg_helpers import SAMPLE_TAXONOMY, instant_spec, sdg_config
 
 from lab_ray.resources import conf_dir
 from lab_ray.errors import ConfigError
-from lab_ray.sdg.prompts import load_personas, load_prompt, persona_for
+from lab_ray.prompts import load_prompt
+from lab_ray.sdg.personas import load_personas, persona_for
 
 STAGE_PROMPTS = ["skill_context", "skill_instruction", "instruction_judge", "skill_response", "pair_judge",
                  "knowledge_qa", "knowledge_faithfulness", "knowledge_relevance", "knowledge_question"]
@@ -103,7 +104,7 @@ def test_broken_user_prompt_files_are_config_errors(tmp_path, content, match):
 
 
 def test_pipeline_plan_fails_early_on_a_missing_user_prompt(tmp_path):
-    from lab_ray.sdg.pipeline import build_plan
+    from lab_ray.sdg.plan import build_plan
 
     d = _user_prompts(tmp_path)
     (d / "judge_question.yaml").unlink(missing_ok=True)
@@ -131,7 +132,7 @@ def test_personas_need_a_default_and_map_by_longest_path_prefix(tmp_path):
 
 
 def test_sample_taxonomy_leaves_get_fitting_personas(tmp_path):
-    from lab_ray.sdg.pipeline import build_plan
+    from lab_ray.sdg.plan import build_plan
 
     cfg = sdg_config(tmp_path, "p", "sdg.samples_per_leaf=1")
     personas = load_personas()

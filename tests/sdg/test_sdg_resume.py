@@ -107,7 +107,7 @@ def test_sigkill_part_way_then_resume_equals_an_uninterrupted_run(ray_cluster, t
     assert rerun_requests > 0
 
     # 3. An uninterrupted run with the same seed and teacher, in this process.
-    from lab_ray.sdg.pipeline import run_generation
+    from lab_ray.sdg.run import run_generation
 
     cfg = sdg_config(tmp_path / "runs", "straight", *OVERRIDES)
     straight = run_generation(cfg, _spec(tmp_path, "straight"))
@@ -132,7 +132,7 @@ def test_sigkill_part_way_then_resume_equals_an_uninterrupted_run(ray_cluster, t
 
 
 def test_rerun_of_a_finished_run_does_no_teacher_work(ray_cluster, tmp_path):
-    from lab_ray.sdg.pipeline import run_generation
+    from lab_ray.sdg.run import run_generation
 
     cfg = sdg_config(tmp_path, "again", "sdg.samples_per_leaf=5",
                      "sdg.leaves=[foundational_skills/reasoning/arithmetic_word_problems]")
@@ -146,7 +146,7 @@ def test_rerun_of_a_finished_run_does_no_teacher_work(ray_cluster, tmp_path):
 
 def test_rerun_with_a_smaller_quota_outputs_only_that_plan(ray_cluster, tmp_path):
     """The shards of the bigger plan stay (a later bigger rerun is free); the outputs are the new plan's."""
-    from lab_ray.sdg.pipeline import run_generation
+    from lab_ray.sdg.run import run_generation
 
     leaf = "foundational_skills/reasoning/arithmetic_word_problems"
     spec = faulty_spec(fraction=0.0, log_dir=str(tmp_path / "log-shrink"))  # no faults: rows to keep
@@ -172,14 +172,14 @@ def test_resume_only_counts_work_of_the_current_plan(ray_cluster, tmp_path):
     import pyarrow as pa
 
     from lab_ray.errors import LabRayError
-    from lab_ray.sdg.pipeline import run_generation
-    from lab_ray.sdg.stages import empty_columns
+    from lab_ray.sdg.run import run_generation
+    from lab_ray.sdg.stages import with_row_columns
 
     old, new = "compositional_skills/writing/poetry/haiku", "foundational_skills/reasoning/arithmetic_word_problems"
     shards = tmp_path / "plan" / "sdg" / "shards"
     shards.mkdir(parents=True)
     # what a previous run of the same run name with sdg.leaves=[haiku] left behind
-    df = empty_columns(pd.DataFrame([{"id": f"old-{i}", "leaf": old, "branch": "compositional_skills",
+    df = with_row_columns(pd.DataFrame([{"id": f"old-{i}", "leaf": old, "branch": "compositional_skills",
                                       "kind": "freeform", "context": "", "chunk_index": -1, "question": "Q?",
                                       "answer": f"A {i}."} for i in range(3)]))
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), shards / "part-old.parquet")

@@ -10,7 +10,7 @@ import pytest
 from sdg_helpers import SAMPLE_LEAVES, sdg_config
 
 from lab_ray.sdg import tasks as T
-from lab_ray.sdg.pipeline import build_plan
+from lab_ray.sdg.plan import build_plan
 
 
 def _all_tasks(spec, k: int, step: int | None = None) -> list[dict]:

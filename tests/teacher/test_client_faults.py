@@ -177,7 +177,7 @@ def test_unknown_choice_field_is_refused():
     from lab_ray.config import load_config
     from lab_ray.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="teacher.client.choice_field='guided_json'"):
+    with pytest.raises(ConfigError, match="teacher.client.choice_field.*guided_json.*expected one of \\[guided_choice, structured_outputs\\]"):
         load_config(["teacher.client.choice_field=guided_json"])
 
 

@@ -1,0 +1,97 @@
+"""The columns of a generation row, declared once.
+
+A row starts as a task (what plan expansion writes, `TASK_COLUMNS`), carries
+its fate (`STATE_COLUMNS`, written by every stage) and gains what each stage
+declares as its outputs (`Stage.outputs`). The frame schema of a pipeline is
+derived from those declarations (`row_schema`), never listed by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: str  # "str" | "int64" | "float64"
+    default: Any
+    doc: str = ""
+
+
+def text_col(name: str, doc: str) -> Column:
+    return Column(name, "str", "", doc)
+
+
+def int_col(name: str, doc: str, default: int = 0) -> Column:
+    return Column(name, "int64", default, doc)
+
+
+def score_col(name: str, doc: str) -> Column:
+    return Column(name, "float64", math.nan, doc)
+
+
+TASK_COLUMNS: tuple[Column, ...] = (
+    text_col("leaf", "taxonomy path of the leaf the task serves"),
+    text_col("branch", "knowledge | foundational_skills | compositional_skills"),
+    text_col("kind", "knowledge | grounded | freeform"),
+    text_col("task_description", "the leaf's task description (or domain)"),
+    text_col("domain", "the leaf's domain (knowledge)"),
+    text_col("id", "stable sample id: hash of (leaf, example rotation, request index, item)"),
+    int_col("request_index", "the task's index within its leaf's quota"),
+    Column("examples", "str", "[]", "the in-context examples of this request, as JSON"),
+    text_col("persona", "system text of the response stage"),
+    text_col("context", "knowledge: the document chunk; grounded skills: the generated passage"),
+    int_col("chunk_index", "knowledge: the chunk's index among the leaf's chunks (-1: none)", -1),
+)
+
+STATE_COLUMNS: tuple[Column, ...] = (
+    Column("status", "str", "ok", "ok | dropped"),
+    text_col("drop_stage", "the stage that dropped the row"),
+    text_col("drop_reason", "judged_out | unparsable | teacher_error | duplicate | ..."),
+    text_col("drop_detail", "what the stage saw (truncated)"),
+    int_col("prompt_tokens", "teacher prompt tokens spent on the row, summed over stages"),
+    int_col("completion_tokens", "teacher completion tokens spent on the row, summed over stages"),
+)
+
+# Shared output columns (several stages write them).
+QUESTION = text_col("question", "the instruction / question")
+ANSWER = text_col("answer", "the response / answer")
+CONTEXT = next(c for c in TASK_COLUMNS if c.name == "context")
+
+
+def row_schema(stages: Iterable[type]) -> dict[str, Column]:
+    """Task + state columns + every output the given stages declare, in that order.
+    Two stages declaring one column must agree on its type."""
+    schema = {c.name: c for c in (*TASK_COLUMNS, *STATE_COLUMNS)}
+    for stage in stages:
+        for col in stage.outputs:
+            known = schema.setdefault(col.name, col)
+            if known.dtype != col.dtype:
+                raise TypeError(f"column {col.name}: {stage.__name__} declares {col.dtype}, another {known.dtype}")
+    return schema
+
+
+def add_missing(df: pd.DataFrame, schema: dict[str, Column]) -> pd.DataFrame:
+    """Every column of the schema, so all batches share one frame schema."""
+    for col in schema.values():
+        if col.name not in df.columns:
+            df[col.name] = col.default
+    return df
+
+
+def typed(df: pd.DataFrame, schema: dict[str, Column]) -> pd.DataFrame:
+    """Fixed dtypes: a float column that is all-null in a block arrives as None
+    objects, which Ray would store pickled and Parquet readers then refuse."""
+    for col in schema.values():
+        if col.name not in df.columns:
+            continue
+        if col.dtype == "float64":
+            df[col.name] = pd.to_numeric(df[col.name], errors="coerce").astype("float64")
+        elif col.dtype == "int64":
+            df[col.name] = pd.to_numeric(df[col.name], errors="coerce").fillna(col.default).astype("int64")
+    return df

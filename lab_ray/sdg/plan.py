@@ -1,0 +1,117 @@
+"""Plan: which leaves, and what every task of a leaf shares.
+
+The taxonomy's selected leaves become one small `LeafSpec` each (examples,
+document chunks, persona, quota); `plan.json` records the quotas and what
+decides the task ids, so a rerun knows which shards belong to this plan.
+Nothing here talks to the teacher or to Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lab_ray.embedded_model import resolve_model
+from lab_ray.errors import ConfigError, LabRayError
+from lab_ray.prompts import load_prompt
+from lab_ray.sdg.personas import load_personas
+from lab_ray.sdg.stages import PROMPT_NAMES
+from lab_ray.sdg.tasks import LeafSpec, id_plan, leaf_spec
+from lab_ray.storage import atomic_write_json
+from lab_ray.taxonomy.diff import changed_leaves
+from lab_ray.taxonomy.loader import load_taxonomy
+
+# Room the knowledge prompt needs besides the chunk and the answer: system text,
+# principles, the leaf's own example (its context is a few hundred tokens at most).
+PROMPT_ALLOWANCE_TOKENS = 768
+
+
+@dataclass
+class Plan:
+    specs: list[LeafSpec]
+    ids: dict  # what decides the task ids (tasks.id_plan)
+
+    @property
+    def total(self) -> int:
+        return sum(s.quota for s in self.specs)
+
+    def spec_dicts(self) -> dict[str, dict]:
+        return {s.leaf: s.to_dict() for s in self.specs}
+
+
+def select_leaves(cfg):
+    only = None
+    if cfg.sdg.leaves:
+        only = set(cfg.sdg.leaves)
+    elif cfg.sdg.only_changed and cfg.taxonomy.base != "empty":
+        only = {c.leaf for c in changed_leaves(cfg.taxonomy.path, cfg.taxonomy.base) if c.status != "deleted"}
+    tax = load_taxonomy(cfg.taxonomy.path, cfg.taxonomy, only=only)
+    tax.raise_for_errors()
+    if not tax.leaves:
+        raise LabRayError("no leaves to generate from (check taxonomy.path, sdg.leaves or taxonomy.base)")
+    return tax
+
+
+def teacher_tokenizer(cfg):
+    from transformers import AutoTokenizer
+
+    path = cfg.teacher.model_path or cfg.teacher.model
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(path))
+    except (OSError, ValueError):
+        # A remote teacher's tokenizer is not local: chunk with the embedded one.
+        return AutoTokenizer.from_pretrained(resolve_model("SmolLM2-135M-Instruct"))
+
+
+def check_chunks_fit(cfg) -> None:
+    """A chunk plus prompt plus answer must fit the teacher's context, or every
+    knowledge request would come back as a 400 and be dropped as a teacher error."""
+    k = cfg.sdg.knowledge
+    context = k.teacher_context_tokens or local_context_length(cfg)
+    if not context:
+        return  # a remote teacher whose context we cannot know: its 400s are counted per row
+    need = k.chunk_tokens + k.max_tokens + PROMPT_ALLOWANCE_TOKENS
+    if need > context:
+        raise ConfigError(f"sdg.knowledge.chunk_tokens ({k.chunk_tokens}) + sdg.knowledge.max_tokens ({k.max_tokens}) "
+                          f"+ ~{PROMPT_ALLOWANCE_TOKENS} prompt tokens = {need} exceed the teacher's context of "
+                          f"{context} tokens: lower chunk_tokens or max_tokens")
+
+
+def local_context_length(cfg) -> int | None:
+    from transformers import AutoConfig
+
+    local = Path(resolve_model(cfg.teacher.model_path or cfg.teacher.model)).expanduser()
+    if not local.is_dir():
+        return None  # a served model name, not a local directory: never ask a hub
+    try:
+        mcfg = AutoConfig.from_pretrained(str(local))
+    except (OSError, ValueError):
+        return None
+    return getattr(mcfg, "max_position_embeddings", None)
+
+
+def build_plan(cfg) -> list[LeafSpec]:
+    """One small spec per selected leaf (examples, chunks, persona, quota)."""
+    tax = select_leaves(cfg)
+    personas = load_personas(cfg.sdg.prompts_dir)
+    for name in PROMPT_NAMES:
+        load_prompt(name, cfg.sdg.prompts_dir)  # fail early on a broken prompt file
+    tokenizer = teacher_tokenizer(cfg) if any(leaf.is_knowledge for leaf in tax.leaves) else None
+    if tokenizer is not None:  # some leaf is a knowledge leaf
+        check_chunks_fit(cfg)
+    specs = []
+    for leaf in tax.leaves:
+        docs = [d.read_text(cfg.taxonomy.documents.max_document_bytes) for d in tax.documents.get(leaf.path, [])]
+        specs.append(leaf_spec(leaf, cfg.sdg, personas, docs, tokenizer))
+    return specs
+
+
+def make_plan(cfg, out: Path) -> Plan:
+    """The plan of this run, recorded in out/plan.json."""
+    specs = build_plan(cfg)
+    plan = Plan(specs, id_plan(specs, int(cfg.sdg.examples_per_prompt)))
+    atomic_write_json(out / "plan.json", {"tasks": plan.total, "leaves": {s.leaf: s.quota for s in specs},
+                                          "ids": plan.ids, "config": OmegaConf.to_container(cfg.sdg, resolve=True)})
+    return plan

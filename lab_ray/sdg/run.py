@@ -1,0 +1,115 @@
+"""`run_generation`: plan -> calibrate the judges -> run the stages -> finalize.
+
+The stages run on Ray Data: (leaf, request range) descriptors fan out into
+task rows (flat_map), tasks already in complete shards are skipped (resume),
+each stage is a map_batches over its own actor pool, and a writer actor
+stores every finished batch as an atomic Parquet shard. Everything flows
+through Ray Data; the driver only holds small summaries.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lab_ray.sdg.calibration import load_or_calibrate
+from lab_ray.sdg.finalize import finalize
+from lab_ray.sdg.limits import task_pool
+from lab_ray.sdg.plan import Plan, make_plan
+from lab_ray.sdg.stages import stages_for
+from lab_ray.sdg.tasks import expand, planned_ids, ranges
+from lab_ray.sdg.writer import ShardWriter, done_ids
+from lab_ray.storage import atomic_write_json, read_json, run_dir
+
+
+@dataclass
+class GenerateResult:
+    run_dir: Path
+    tasks: int
+    resumed: int
+    stats: dict = field(default_factory=dict)
+
+
+def run_generation(cfg, teacher_spec: dict) -> GenerateResult:
+    """Generate into run_dir(cfg)/sdg; resumes from complete shards."""
+    out = run_dir(cfg) / "sdg"
+    shards = prepare_shard_dir(out / "shards")
+    plan = make_plan(cfg, out)
+    done = done_ids(shards)
+    resumed = count_done(plan, done)
+    if resumed < plan.total:
+        sdg = OmegaConf.to_container(cfg.sdg, resolve=True)
+        calibration = load_or_calibrate(out / "calibration.json", list(plan.spec_dicts().values()), teacher_spec, sdg)
+        started = time.time()
+        generate_shards(cfg, plan, done, teacher_spec, calibration, shards)
+        add_generation_seconds(out, time.time() - started)
+    stats = finalize(cfg, out)
+    return GenerateResult(run_dir(cfg), plan.total, resumed, stats)
+
+
+def prepare_shard_dir(shards: Path) -> Path:
+    shards.mkdir(parents=True, exist_ok=True)
+    for tmp in shards.glob("*.tmp"):  # a partial shard from a killed run is never read
+        tmp.unlink()
+    return shards
+
+
+def count_done(plan: Plan, done: set[str]) -> int:
+    """Tasks of this plan already in complete shards (a rerun may select other leaves or quotas)."""
+    return sum(i in done for i in planned_ids(plan.ids)) if done else 0
+
+
+class SkipDone:
+    """Drops tasks whose row is already in a complete shard (resume)."""
+
+    def __init__(self, done_ref):
+        import ray
+
+        self.done = ray.get(done_ref[0])
+
+    def __call__(self, batch):
+        return batch[~batch["id"].isin(self.done)]
+
+
+def generate_shards(cfg, plan: Plan, done: set[str], teacher_spec: dict, calibration: dict, shards: Path) -> None:
+    """Tasks -> every stage the plan's leaves need -> Parquet shards (one streaming Ray Data pass)."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = bool(cfg.sdg.progress) and not os.environ.get("CI")
+    ctx.execution_options.verbose_progress = False
+    specs_ref = ray.put(plan.spec_dicts())
+    k = int(cfg.sdg.examples_per_prompt)
+
+    def expand_range(desc: dict) -> list[dict]:
+        return list(expand(ray.get(specs_ref)[desc["leaf"]], desc["start"], desc["end"], k))
+
+    descriptors = ranges(plan.specs)
+    ds = ray.data.from_items(descriptors, override_num_blocks=max(1, min(len(descriptors), 200)))
+    ds = ds.flat_map(expand_range, num_cpus=0.1, compute=task_pool())
+    if done:
+        ds = ds.map_batches(SkipDone, fn_constructor_args=([ray.put(done)],), batch_format="pandas",
+                            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05)
+    sdg = OmegaConf.to_container(cfg.sdg, resolve=True)
+    # Two calls in flight per actor: one batch's requests wait on the teacher while the next is prepared.
+    pool = ray.data.ActorPoolStrategy(size=max(1, int(cfg.sdg.actors_per_stage)), max_concurrent_calls_per_actor=2)
+    for stage_cls in stages_for({s.kind for s in plan.specs}):
+        ds = ds.map_batches(stage_cls, fn_constructor_args=(teacher_spec, sdg, calibration),
+                            batch_size=cfg.sdg.batch_size, batch_format="pandas", compute=pool,
+                            num_cpus=0.05, memory=int(cfg.sdg.actor_memory_mb) * 2**20)
+    ds = ds.map_batches(ShardWriter, fn_constructor_args=(str(shards),), batch_format="pandas",
+                        batch_size=max(cfg.sdg.batch_size, 64), compute=ray.data.ActorPoolStrategy(size=1),
+                        num_cpus=0.05)
+    for _ in ds.iter_batches(batch_size=None):
+        pass
+
+
+def add_generation_seconds(out: Path, seconds: float) -> None:
+    """Wall time of the generation passes, summed over resumes (the report's throughput)."""
+    path = out / "timing.json"
+    prev = (read_json(path) or {}).get("generation_seconds", 0.0)
+    atomic_write_json(path, {"generation_seconds": prev + seconds}, indent=None)
