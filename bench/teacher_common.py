@@ -46,6 +46,15 @@ def start_teacher(overrides: list[str]):
     return deploy(cfg.teacher, cfg.ray), cfg
 
 
+def start_app(overrides: list[str]):
+    """Another teacher app on the already running Serve (same port; own name and route)."""
+    from lab_ray.config import load_config
+    from lab_ray.teacher.app import deploy
+
+    cfg = load_config(overrides)
+    return deploy(cfg.teacher, cfg.ray), cfg
+
+
 def stop_teacher() -> None:
     import ray
     from ray import serve

@@ -66,7 +66,9 @@ def llm_config_kwargs(cfg, model_source: str | None = None, chat_template: str |
 
 def validate_llm_config(cfg):
     """Validate the arguments with Ray's own LLMConfig model (runs without vLLM)."""
-    from ray.llm._internal.serve.core.configs.llm_config import LLMConfig as BaseLLMConfig
+    from ray.llm._internal.serve.core.configs.llm_config import (
+        LLMConfig as BaseLLMConfig,
+    )
 
     return BaseLLMConfig(**llm_config_kwargs(cfg))
 

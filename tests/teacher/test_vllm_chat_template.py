@@ -15,8 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from lab_ray.teacher.chat_template import (DEFAULT_CHAT_TEMPLATE, ensure_chat_template, fold_system,
-                                           folding_template, rejects_system, served_template)
+from lab_ray.teacher.chat_template import (
+    DEFAULT_CHAT_TEMPLATE,
+    ensure_chat_template,
+    fold_system,
+    rejects_system,
+    served_template,
+)
 
 # Mixtral-8x7B-Instruct-v0.1's structure (strict user/assistant alternation), SmolLM2's markers.
 REJECTING_TEMPLATE = (

@@ -7,7 +7,11 @@ import pytest
 from lab_ray.config import load_config
 from lab_ray.errors import LabRayError
 from lab_ray.teacher.app import deployment_options
-from lab_ray.teacher.serve_vllm import build_vllm_app, llm_config_kwargs, validate_llm_config
+from lab_ray.teacher.serve_vllm import (
+    build_vllm_app,
+    llm_config_kwargs,
+    validate_llm_config,
+)
 
 
 def test_mixtral_profile_is_a_valid_llm_config():

