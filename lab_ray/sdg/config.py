@@ -88,7 +88,13 @@ class SDGConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
-    progress: bool = True  # live Ray Data progress bars (off when CI is set)
+    # Generation progress (sdg/progress.py): per stage in/kept/dropped, kept per leaf vs its quota,
+    # requests in flight, tokens/s, ETA; a live table on a terminal, else a line every
+    # progress_interval_s. Ray Data's own progress bars are off either way.
+    progress: bool = True
+    # Seconds between progress lines when output is not a terminal (logs, Ray Jobs); sdg/progress.json,
+    # which `lab-ray status` reads, is rewritten as often.
+    progress_interval_s: float = 10.0
     # Tests and benchmarks only: "module:callable" of an in-process test teacher
     # (e.g. lab_ray.testing.fake_teachers:InstantTeacher) used instead of any endpoint.
     test_teacher: Optional[str] = None

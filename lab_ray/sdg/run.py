@@ -9,7 +9,6 @@ through Ray Data; the driver only holds small summaries.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from lab_ray.sdg.calibration import load_or_calibrate
 from lab_ray.sdg.finalize import finalize
 from lab_ray.sdg.limits import task_pool
 from lab_ray.sdg.plan import Plan, make_plan
+from lab_ray.sdg.progress import GenerationProgress
 from lab_ray.sdg.stages import stages_for
 from lab_ray.sdg.tasks import expand, planned_ids, ranges
 from lab_ray.sdg.writer import ShardWriter, done_ids
@@ -80,8 +80,9 @@ def generate_shards(cfg, plan: Plan, done: set[str], teacher_spec: dict, calibra
     import ray
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = bool(cfg.sdg.progress) and not os.environ.get("CI")
+    ctx.enable_progress_bars = False  # lab-ray's own progress instead (sdg/progress.py)
     ctx.execution_options.verbose_progress = False
+    progress = GenerationProgress(cfg, plan, shards.parent, resume_from=shards if done else None)
     specs_ref = ray.put(plan.spec_dicts())
     k = int(cfg.sdg.examples_per_prompt)
 
@@ -98,14 +99,15 @@ def generate_shards(cfg, plan: Plan, done: set[str], teacher_spec: dict, calibra
     # Two calls in flight per actor: one batch's requests wait on the teacher while the next is prepared.
     pool = ray.data.ActorPoolStrategy(size=max(1, int(cfg.sdg.actors_per_stage)), max_concurrent_calls_per_actor=2)
     for stage_cls in stages_for({s.kind for s in plan.specs}):
-        ds = ds.map_batches(stage_cls, fn_constructor_args=(teacher_spec, sdg, calibration),
+        ds = ds.map_batches(progress.counted(stage_cls), fn_constructor_args=(teacher_spec, sdg, calibration),
                             batch_size=cfg.sdg.batch_size, batch_format="pandas", compute=pool,
                             num_cpus=0.05, memory=int(cfg.sdg.actor_memory_mb) * 2**20)
-    ds = ds.map_batches(ShardWriter, fn_constructor_args=(str(shards),), batch_format="pandas",
+    ds = ds.map_batches(progress.counted_writer(ShardWriter), fn_constructor_args=(str(shards),), batch_format="pandas",
                         batch_size=max(cfg.sdg.batch_size, 64), compute=ray.data.ActorPoolStrategy(size=1),
                         num_cpus=0.05)
-    for _ in ds.iter_batches(batch_size=None):
-        pass
+    with progress:
+        for counts in ds.iter_batches(batch_size=None, batch_format="pandas"):
+            progress.observe(counts)
 
 
 def add_generation_seconds(out: Path, seconds: float) -> None:

@@ -103,7 +103,7 @@ class TrainConfig:
     # Only a running phase resumes from it; dropping it frees ~2/3 of each checkpoint.
     keep_optimizer_state: bool = False
     max_failures: int = 1  # FailureConfig: worker restarts from the last checkpoint
-    live: bool = True  # rich live display (off when CI is set)
+    live: bool = True  # progress as a rich live table on a terminal (unless CI is set); else a line per step
     knowledge_short: PhaseConfig = field(default_factory=PhaseConfig)
     knowledge_long: PhaseConfig = field(default_factory=lambda: PhaseConfig(replay_ratio=0.3))
     skills: PhaseConfig = field(default_factory=lambda: PhaseConfig(replay_ratio=0.2))
