@@ -34,6 +34,7 @@ STAGE_COMMANDS = [
     "lab_ray.report.commands",
     "lab_ray.pipeline.commands",
     "lab_ray.pipeline.submit",
+    "lab_ray.status",
 ]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 import sys
 import time
 
@@ -49,6 +50,27 @@ def _empty_leaves(stats: dict, leaves) -> list[str]:
 
 
 def run_pipeline(cfg) -> dict:
+    """Runs (or resumes) every step. run.json says which step is current, which process runs it
+    and, if it failed, why: what `lab-ray status` reads from another shell."""
+    journal = Journal(run_dir(cfg) / "run.json", {"steps": {}})
+    journal.data.pop("error", None)
+    journal.data["process"] = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    journal.save()
+    try:
+        return _pipeline(cfg, journal)
+    except BaseException as e:
+        journal.data["error"] = {"step": journal.data.get("current"), "error": f"{type(e).__name__}: {e}"[:1000],
+                                 "time": time.time()}
+        journal.save()
+        raise
+
+
+def _begin(journal: Journal, step: str) -> None:
+    journal.data["current"] = step
+    journal.save()
+
+
+def _pipeline(cfg, journal: Journal) -> dict:
     from lab_ray.sdg.commands import summary_table
     from lab_ray.sdg.run import run_generation
     from lab_ray.teacher.client import client_spec
@@ -56,9 +78,9 @@ def run_pipeline(cfg) -> dict:
 
     console = Console()
     rdir = run_dir(cfg)
-    journal = Journal(rdir / "run.json", {"steps": {}})
     t_start = time.time()
     console.rule(f"lab-ray run {cfg.run.name}: validate {cfg.taxonomy.path}")
+    _begin(journal, "validate")
     tax = _validate(cfg, console)
     journal.finish("steps", "validate", leaves=len(tax.leaves))
     OmegaConf.save(cfg, rdir / "config.yaml")
@@ -76,6 +98,7 @@ def run_pipeline(cfg) -> dict:
         if not journal.is_done("steps", "generate"):
             console.rule("generate: taxonomy-driven synthetic data (teacher generates and judges)")
             t0 = time.time()
+            _begin(journal, "generate")
             result = run_generation(cfg, client_spec(cfg.teacher, url, key))
             console.print(summary_table(result.stats))
             empty = _empty_leaves(result.stats, tax.leaves)
@@ -92,6 +115,7 @@ def run_pipeline(cfg) -> dict:
 
             console.rule("train: knowledge (short, long) -> select -> skills + replay -> select")
             t0 = time.time()
+            _begin(journal, "train")
             _use_eval_selection(cfg)
             trained = run_training(cfg)
             console.print(train_table(trained))
@@ -102,12 +126,16 @@ def run_pipeline(cfg) -> dict:
 
             console.rule(f"eval: {final} vs the base model")
             t0 = time.time()
+            _begin(journal, "eval")
             result = run_eval(cfg, final, base=bool(cfg.pipeline.eval_base))
             journal.finish("steps", "eval", wall_s=time.time() - t0, path=result["path"], summary=result["summary"])
+            console.print(f"eval: done in {time.time() - t0:.0f} s; results in {result['path']}", soft_wrap=True)
     from lab_ray.report.builder import write_report
 
     console.rule("report")
+    _begin(journal, "report")
     report = write_report(rdir, cfg)
+    journal.data["current"] = None
     journal.finish("steps", "report", path=str(report))
     # soft_wrap: paths stay on one line, copyable
     console.print(f"done in {time.time() - t_start:.0f} s.\nmodel:  {final}\nreport: {report} (+ .html)",

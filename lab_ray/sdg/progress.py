@@ -259,7 +259,9 @@ class GenerationProgress:
         stages = self._stages_snapshot.get("stages", {})
         tokens = sum(s.get("completion_tokens", 0) for s in stages.values())
         t_prev, tok_prev = self._last_tokens
-        if now - t_prev > 0.2:
+        if state != "running":  # the pass's average
+            self._tok_s = tokens / max(now - self.started, 1e-6)
+        elif now - t_prev > 0.2:  # the rate since the last snapshot
             self._tok_s = (tokens - tok_prev) / (now - t_prev)
             self._last_tokens = (now, tokens)
         with self._lock:

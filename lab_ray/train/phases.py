@@ -24,6 +24,7 @@ from lab_ray.storage import Journal, run_dir
 from lab_ray.train import checkpoints
 from lab_ray.train import metrics as M
 from lab_ray.train.config import PHASES
+from lab_ray.train.progress import TrainProgress
 from lab_ray.train.selection import choose, data_dir, score_all
 from lab_ray.training_data import KNOWLEDGE_TRAIN, SKILLS_TRAIN, TRAINING_DATASETS
 
@@ -91,6 +92,8 @@ def _train_phase(cfg, phase: str, init_dir: str, tdir: Path, entry: dict, journa
     total = entry.get("total_steps") or _total_steps(cfg, phase, stats, replay_ds is not None)
     entry.update(status="running", init=init_dir, total_steps=total)
     journal.save()
+    M.append(tdir / "metrics.jsonl", {"event": "phase_start", "phase": phase, "total_steps": total,
+                                      "workers": int(tc.num_workers), "rows": stats["kept"], "time": time.time()})
     t0 = time.time()
     datasets = {"train": train_ds}
     if replay_ds is not None:
@@ -135,6 +138,8 @@ def _select(cfg, group: str, phases: tuple, journal: Journal, tdir: Path) -> str
     if not candidates:
         return None
     t0 = time.time()
+    M.append(tdir / "metrics.jsonl", {"event": "select", "group": group, "candidates": len(candidates), "time": t0,
+                                      "scorers": list(cfg.train.selection.scorers), "metric": cfg.train.selection.metric})
     scores = score_all(candidates, group, cfg)
     best = choose(scores, cfg.train.selection.metric, cfg.train.selection.mode, cfg.train.selection.tiebreak)
     journal.data["selection"][group] = {"scores": scores, "selected": best, "metric": cfg.train.selection.metric,
@@ -169,7 +174,7 @@ def run_training(cfg) -> dict:
     init_ray(cfg.ray)
     start = PHASES.index(tc.start_phase)
     init = base
-    with M.LiveView(tdir / "metrics.jsonl", bool(tc.live)):
+    with TrainProgress(tdir, bool(tc.live)) as progress:
         for i, phase in enumerate(PHASES):
             entry = journal.entry("phases", phase)
             if phase == "skills":
@@ -178,6 +183,7 @@ def run_training(cfg) -> dict:
                 if i < start or not cfg.train[phase].enabled:
                     entry.update(status="skipped", reason="before train.start_phase" if i < start else "disabled")
                 else:
+                    progress.announce(f"{phase}: tokenising its data, then Ray Train starts {tc.num_workers} workers")
                     _train_phase(cfg, phase, init, tdir, entry, journal)
                 journal.save()
             if entry["status"] == "done" and phase != "skills":
