@@ -268,7 +268,7 @@ class TwoNodeCluster:
     def worker_node_id(self) -> str:
         return self.worker.node_id
 
-    def start(self) -> "TwoNodeCluster":
+    def start(self) -> TwoNodeCluster:
         try:
             self._start_head()
             self.start_worker()
@@ -278,7 +278,7 @@ class TwoNodeCluster:
         return self
 
     def _log(self, name: str):
-        f = open(self.base / f"{name}.log", "wb")
+        f = open(self.base / f"{name}.log", "wb")  # noqa: SIM115 (closed by stop())
         self._logs.append(f)
         return f
 
@@ -324,7 +324,7 @@ class TwoNodeCluster:
                 raise TimeoutError(f"the Ray head did not come up:\n{self.log_tail('head')}")
             time.sleep(1)
 
-    def start_worker(self, attempts: int = 3) -> str:
+    def start_worker(self, attempts: int = 4) -> str:
         """Start a FRESH worker node (new mount namespace, EMPTY private tmpfs); returns its node id.
 
         `ray start` gives a raylet only 30 s to register with the GCS; on a loaded machine that can fail,
@@ -336,6 +336,7 @@ class TwoNodeCluster:
                 if attempt == attempts:
                     raise RuntimeError(str(e)) from None
                 print(f"[cluster_harness] worker start attempt {attempt} failed, retrying:\n{e}", file=sys.stderr)
+                time.sleep(5 * attempt)
 
     def _start_worker_once(self) -> str:
         known = {n["node_id"] for n in self.nodes()}
@@ -349,8 +350,16 @@ class TwoNodeCluster:
                    f"--node-manager-port={nm}", f"--object-manager-port={om}",
                    f"--object-store-memory={self.worker_object_store}", "--disable-usage-stats"]
         dirs = " ".join(shlex.quote(str(p)) for p in (self.worker_temp_dir, self.worker_cwd, self.private_dir))
-        script = (f"set -e; mount -t tmpfs -o size={self.worker_tmpfs_size},mode=1777 lrmn-{self.id}-w{n} /tmp; "
-                  f"mkdir -p {dirs}; cd {shlex.quote(str(self.worker_cwd))}; exec \"$@\"")
+        # The node's logs live on its tmpfs and vanish with it: if `ray start` exits on its own, copy them
+        # to a host directory first (fd 9 still reaches it after /tmp is covered).
+        logs = self.base / f"worker{n}-logs"
+        logs.mkdir(exist_ok=True)
+        q = shlex.quote
+        script = (f"set -e; exec 9<{q(str(logs))}; "
+                  f"mount -t tmpfs -o size={self.worker_tmpfs_size},mode=1777 lrmn-{self.id}-w{n} /tmp; "
+                  f"mkdir -p {dirs}; cd {q(str(self.worker_cwd))}; set +e; \"$@\" 9<&-; rc=$?; "
+                  f"cp -rL {q(str(self.worker_temp_dir))}/session_latest/logs/. /proc/self/fd/9/ 2>/dev/null; "
+                  f"exit $rc")
         cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *ray_cmd]
         self.worker_cmd = cmd
         proc = subprocess.Popen(cmd, env={**self._node_env, MARK_VAR: mark, "TMPDIR": "/tmp"},
@@ -362,7 +371,8 @@ class TwoNodeCluster:
         while True:
             if proc.poll() is not None:
                 kill_marked(mark, (proc.pid,))
-                raise _EarlyExit(f"worker `ray start` exited ({proc.returncode}):\n{self.log_tail(f'worker{n}')}")
+                raise _EarlyExit(f"worker `ray start` exited ({proc.returncode}):\n{self.log_tail(f'worker{n}')}"
+                                 f"\nraylet.out:\n{self.log_tail(f'worker{n}-logs/raylet.out')}")
             new = [x for x in self.nodes() if x["node_id"] not in known and x["state"] == "ALIVE"]
             if new:
                 node.node_id = new[0]["node_id"]
@@ -387,6 +397,7 @@ class TwoNodeCluster:
 
     def stop(self) -> None:
         """Kill everything this cluster started (by process group and marker) and remove its dirs."""
+        atexit.unregister(self.stop)
         for node in self._workers:
             kill_marked(node.mark, (node.proc.pid,))
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -478,7 +489,7 @@ def start_two_node_cluster(**kwargs) -> TwoNodeCluster:
 
 # --------------------------------------------------------------------------- pytest fixtures
 # Defined here so a test directory other than tests/multinode can import them into its own conftest
-# (`from multinode.cluster_harness import s3_server, two_node_cluster, cluster_ray  # noqa: F401`).
+# (`from multinode.cluster_harness import s3_server, two_node_cluster, cluster_ray`, with noqa F401).
 
 try:
     import pytest
@@ -498,9 +509,10 @@ if pytest is not None:
             s3.stop()
 
     @pytest.fixture(scope="module")
-    def two_node_cluster(s3_server):
-        """Head (0 CPUs) + one worker node with a private disk; both get the S3 env. One per module."""
-        cluster = start_two_node_cluster(s3=s3_server)
+    def two_node_cluster(request, s3_server):
+        """Head (0 CPUs) + one worker node with a private disk; both get the S3 env. One per module.
+        A test module may set `CLUSTER_OPTIONS = {...}` (TwoNodeCluster's keyword arguments, e.g. worker_cpus)."""
+        cluster = start_two_node_cluster(s3=s3_server, **getattr(request.module, "CLUSTER_OPTIONS", {}))
         try:
             yield cluster
         finally:

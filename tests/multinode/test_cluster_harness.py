@@ -162,3 +162,26 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_ray_job_through_the_dashboard_runs_its_tasks_on_the_worker(two_node_cluster, s3_server):
+    """The Jobs API at `jobs_url` (what `lab-ray submit` uses) with the cluster's token: the job's driver runs
+    on the head with the S3 env, its CPU tasks on the worker."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    c = two_node_cluster
+    client = JobSubmissionClient(c.jobs_url, headers={"Authorization": f"Bearer {c.token}"})
+    script = ("import os, ray; ray.init(); "
+              "f = ray.remote(num_cpus=1)(lambda: ray.get_runtime_context().get_node_id()); "
+              "print('DRIVER', ray.get_runtime_context().get_node_id(), 'TASK', ray.get(f.remote()), "
+              "'S3', os.environ['AWS_ENDPOINT_URL'])")
+    job = client.submit_job(entrypoint=f"python -c \"{script}\"")
+    import time
+
+    deadline = time.monotonic() + 600
+    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(1)
+    logs = client.get_job_logs(job)
+    assert status == JobStatus.SUCCEEDED, logs
+    assert f"DRIVER {c.head_node_id} TASK {c.worker_node_id} S3 {s3_server.endpoint}" in logs
