@@ -117,7 +117,18 @@ def collect(rdir: Path) -> dict:
     if out["generation"] is not None and shards.is_dir():
         from lab_ray.sdg.writer import shard_files
 
-        out["generation"]["shards"] = len(shard_files(shards))
+        files = shard_files(shards)
+        out["generation"]["shards"] = len(files)
+        if out["generation"].get("state") in ("interrupted", "failed") and files:
+            # what is on disk is what a resume keeps: count it (two columns of each shard)
+            from lab_ray.sdg.progress import resumed_counts
+
+            on_disk = resumed_counts(files)
+            leaves = out["generation"].setdefault("leaves", {})
+            for leaf, c in on_disk.items():
+                leaves.setdefault(leaf, {"quota": 0}).update(done=c["done"], kept=c["kept"])
+            out["generation"]["rows"] = sum(c["done"] for c in on_disk.values())
+            out["generation"]["kept_before_dedup"] = sum(c["kept"] for c in on_disk.values())
     if stats is not None:
         quotas = (plan or {}).get("leaves", {})
         final = {"state": "done", "kept": stats["total"]["kept"], "rows": stats["total"]["rows"],

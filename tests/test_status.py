@@ -56,7 +56,8 @@ def test_status_of_a_killed_then_finished_generation(tmp_path, mark):
             snap = json.loads(progress.read_text())
         except (OSError, ValueError):
             snap = None
-        if snap and snap["done"] > 0 and snap["state"] == "running":
+        # small runs reach the writer in few large blocks: kill once a first shard is on disk
+        if snap and snap["state"] == "running" and list((run / "sdg" / "shards").glob("part-*.parquet")):
             break
         time.sleep(0.1)
     assert proc.poll() is None, "generation ended before it could be killed:\n" + (tmp_path / "first.log").read_text()[-3000:]
