@@ -115,6 +115,9 @@ def main_vllm(args) -> None:
 
     from lab_ray.config import load_config
 
+    # Ray's memory monitor kills workers when the *node* is near full, whoever fills it: on a
+    # machine shared with other jobs it killed this bench's replicas mid-run. Off for the bench.
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     base = load_config([]).teacher
     batch = args.batch or base.batching.max_batch_size
     threads = args.threads or base.torch_threads
