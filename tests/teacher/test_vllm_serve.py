@@ -169,3 +169,50 @@ def test_context_overflow_is_a_400_and_the_app_keeps_serving(served):
         client.chat.completions.create(model=endpoint.model, messages=[{"role": "user", "content": "hi"}],
                                        max_tokens=cfg.teacher.vllm.max_model_len + 1)
     still_serving(served)
+
+
+SCORE_OF = {"judge_instruction": "instruction_score", "judge_pair": "pair_score",
+            "judge_faithfulness": "faithfulness_score", "judge_relevance": "relevance_score",
+            "judge_question": "question_score"}
+
+
+def test_generate_on_the_sample_taxonomy_against_the_vllm_app(served, tmp_path):
+    """`lab-ray generate` with the vllm-cpu profile's client settings (structured_outputs, top_logprobs),
+    pointed at this app: every stage runs, no judge row is unparsable, every judged row has its score."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    endpoint, _, _, _ = served
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "LAB_RAY_TEACHER_API_KEY": API_KEY}
+    env.pop("RAY_ADDRESS", None)  # its own local Ray, not this module's
+    cmd = [str(Path(sys.executable).parent / "lab-ray"), "generate", f"run.root={tmp_path}", "run.name=v",
+           f"taxonomy.path={repo / 'taxonomy'}", "teacher=vllm-cpu", "teacher.backend=openai",
+           f"teacher.base_url={endpoint.base_url}", "ray.num_cpus=4", "sdg.progress=false", "sdg.samples_per_leaf=2",
+           "sdg.instruction_max_tokens=24", "sdg.context_max_tokens=40", "sdg.response_max_tokens=40",
+           "sdg.knowledge.max_tokens=64", "sdg.batch_size=8"]
+    done = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stats = json.loads((tmp_path / "v" / "data" / "stats.json").read_text())
+    assert len(stats["leaves"]) == 4 and stats["total"]["rows"] == 8
+    judged = 0
+    for leaf, s in stats["leaves"].items():
+        assert s["completion_tokens"] > 0, leaf
+        for st in s["stages"]:
+            if st["stage"].startswith("judge_"):
+                assert "unparsable" not in st["dropped"], (leaf, st)  # the server honoured the constraint
+                judged += st["in"]
+    assert judged > 0
+    final = pd.concat(pd.read_parquet(f) for f in (tmp_path / "v" / "sdg" / "final").glob("*.parquet"))
+    for row in final.to_dict("records"):
+        if row["drop_reason"] == "judged_out":
+            assert pd.notna(row[SCORE_OF[row["drop_stage"]]]), row
+        elif not row["drop_reason"]:
+            needed = (["faithfulness_score", "relevance_score", "question_score"] if row["kind"] == "knowledge"
+                      else ["instruction_score", "pair_score"])
+            assert all(pd.notna(row[c]) for c in needed), row
