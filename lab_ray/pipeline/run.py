@@ -83,7 +83,7 @@ def _pipeline(cfg, journal: Journal) -> dict:
     _begin(journal, "validate")
     tax = _validate(cfg, console)
     journal.finish("steps", "validate", leaves=len(tax.leaves))
-    OmegaConf.save(cfg, rdir / "config.yaml")
+    (rdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     pending = not all(journal.is_done("steps", step) for step in ("generate", "train", "eval"))
     if cfg.ray.address is None and cfg.ray.num_cpus is None:
         # The teacher replica holds its CPUs for the whole run while mostly idle

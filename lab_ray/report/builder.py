@@ -7,12 +7,14 @@ generated data (or only evaluated) still renders.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
 from lab_ray.report import plots
 from lab_ray.report.doc import Doc
 from lab_ray.report.inputs import RunInputs, read_run
+from lab_ray.storage import StoragePath
 
 
 def _fmt(v, metric: str | None = None) -> str:
@@ -301,14 +303,26 @@ def write_dataset_card(inp: RunInputs, cfg, out: Path) -> Path:
     return path
 
 
-def write_report(run_dir: Path, cfg) -> Path:
+def write_report(run_dir, cfg) -> StoragePath:
     """Write runs/<name>/report/{report.md, report.html, *.png, dataset_card.md}; returns report.md's path.
 
     cfg (the run's config) supplies the taxonomy location for the dataset card
-    and the report settings."""
+    and the report settings. On an object store the report is built in a local
+    scratch directory and published as a whole."""
+    run_dir = StoragePath(run_dir)
+    target = run_dir / "report"
+    if target.is_local:
+        _build_report(run_dir, cfg, target.local_path())
+        return target / "report.md"
+    with tempfile.TemporaryDirectory(prefix="lab-ray-report-") as tmp:
+        _build_report(run_dir, cfg, Path(tmp))
+        target.rmtree()
+        target.upload_dir(Path(tmp))
+    return target / "report.md"
+
+
+def _build_report(run_dir: StoragePath, cfg, out: Path) -> None:
     rc = cfg.report
-    run_dir = Path(run_dir)
-    out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # plots of sections that are now missing must not linger
         old.unlink()
@@ -324,6 +338,4 @@ def write_report(run_dir: Path, cfg) -> Path:
     section_examples(doc, inp, int(rc.max_example_chars))
     write_dataset_card(inp, cfg, out)
     (out / "report.html").write_text(doc.html(), encoding="utf-8")
-    path = out / "report.md"
-    path.write_text(doc.markdown(), encoding="utf-8")
-    return path
+    (out / "report.md").write_text(doc.markdown(), encoding="utf-8")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from lab_ray.errors import LabRayError
-from lab_ray.storage import run_dir
+from lab_ray.storage import StoragePath, is_uri, run_dir, run_root
 
 
 def register(sub, common) -> None:
@@ -16,13 +16,14 @@ def register(sub, common) -> None:
     p.set_defaults(handler=_report, positional_range=(0, 1), usage="report [RUN_DIR_OR_NAME] [key=value ...]")
 
 
-def resolve_run(target: str | None, cfg) -> Path:
+def resolve_run(target: str | None, cfg) -> StoragePath:
+    """A run directory (path or URI), or a run name under run.root."""
     if target is None:
         path = run_dir(cfg)
-    elif Path(target).is_dir():
-        return Path(target)
+    elif is_uri(target) or Path(target).is_dir():
+        path = StoragePath(target)
     else:
-        path = Path(cfg.run.root) / target
+        path = run_root(cfg) / target
     if not path.is_dir():
         raise LabRayError(f"no run directory at {path} (pass a run directory or a run name under {cfg.run.root}/)")
     return path

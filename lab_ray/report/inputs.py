@@ -13,13 +13,14 @@ from pathlib import Path
 
 import yaml
 
+from lab_ray.storage import StoragePath
 from lab_ray.training_data import TRAINING_DATASETS
 
 
 
 @dataclass
 class RunInputs:
-    run_dir: Path
+    run_dir: StoragePath
     stats: dict | None = None
     recipe: dict | None = None
     samples: dict[str, dict] = field(default_factory=dict)  # leaf -> {rows, short, long, phase, branch, kind, examples}
@@ -39,7 +40,7 @@ class RunInputs:
         return sorted(names)
 
 
-def _json(path: Path, what: str, missing: dict, key: str) -> dict | None:
+def _json(path: StoragePath, what: str, missing: dict, key: str) -> dict | None:
     if not path.is_file():
         missing[key] = f"{what} ({path}) is missing"
         return None
@@ -51,7 +52,7 @@ def _json(path: Path, what: str, missing: dict, key: str) -> dict | None:
         return None
 
 
-def read_samples(data_dir: Path, per_leaf: int, missing: dict) -> dict[str, dict]:
+def read_samples(data_dir: StoragePath, per_leaf: int, missing: dict) -> dict[str, dict]:
     """Counts per leaf from the messages JSONL, streamed line by line; a few examples per leaf."""
     out: dict[str, dict] = {}
     files = [p for phase in TRAINING_DATASETS for p in sorted((data_dir / phase).glob("part-*.jsonl"))]
@@ -60,8 +61,8 @@ def read_samples(data_dir: Path, per_leaf: int, missing: dict) -> dict[str, dict
         return out
     for path in files:
         phase = path.parent.name
-        with open(path, encoding="utf-8") as f:
-            for line in f:
+        if True:  # one shard at a time (shards are small), local or object store
+            for line in path.read_text(encoding="utf-8").splitlines():
                 if not line.strip():
                     continue
                 try:
@@ -80,10 +81,10 @@ def read_samples(data_dir: Path, per_leaf: int, missing: dict) -> dict[str, dict
     return out
 
 
-def read_run(run_dir: Path, examples_per_leaf: int = 2) -> RunInputs:
+def read_run(run_dir, examples_per_leaf: int = 2) -> RunInputs:
     from lab_ray.train.metrics import read as read_metrics
 
-    run_dir = Path(run_dir)
+    run_dir = StoragePath(run_dir)
     r = RunInputs(run_dir)
     data = run_dir / "data"
     r.stats = _json(data / "stats.json", "generation statistics", r.missing, "stats")

@@ -15,8 +15,6 @@ verdicts never change between an interrupted and an uninterrupted run.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 
 from lab_ray.prompts import prompts_dir
@@ -93,7 +91,7 @@ def calibrate(specs: list[dict], teacher_spec: dict, sdg: dict) -> dict:
     return out
 
 
-def load_or_calibrate(path: Path, specs: list[dict], teacher_spec: dict, sdg: dict) -> dict:
+def load_or_calibrate(path, specs: list[dict], teacher_spec: dict, sdg: dict) -> dict:
     if not sdg["judge"]["calibrate"]:
         return {}
     if path.exists():

@@ -8,9 +8,7 @@ or a resume after a crash in finalize gives the same outputs.
 from __future__ import annotations
 
 import json
-import os
 import uuid
-from pathlib import Path
 
 import yaml
 
@@ -19,12 +17,12 @@ from lab_ray.sdg.dedup import SIGNATURE_COLUMNS, duplicates, mark_duplicates, si
 from lab_ray.sdg.limits import task_pool
 from lab_ray.sdg.stats import COUNT_KEYS, GROUP_KEYS, block_counts, funnel, sum_counts
 from lab_ray.sdg.tasks import in_plan
-from lab_ray.sdg.writer import shard_files, write_jsonl
-from lab_ray.storage import read_json, replace_dir, run_dir
+from lab_ray.sdg.writer import parquet_bytes, parquet_columns, read_parquet, shard_files, write_jsonl
+from lab_ray.storage import StoragePath, atomic_write_bytes, read_json, replace_dir, run_dir
 from lab_ray.training_data import BRANCHES, TRAINING_DATASETS
 
 
-def finalize(cfg, out: Path) -> dict:
+def finalize(cfg, out: StoragePath) -> dict:
     """Dedup per leaf, write final/ + samples/ + data/ (messages JSONL, recipe, stats); returns the stats."""
     import ray
 
@@ -77,14 +75,15 @@ def find_duplicates(cfg, paths, plan: dict) -> dict[str, str]:
     return {d["id"]: d["drop_detail"] for d in dups}
 
 
-def write_outputs(cfg, paths, plan: dict, dups_ref, final_dir: Path, samples_dir: Path, data_dir: Path) -> dict:
+def write_outputs(cfg, paths, plan: dict, dups_ref, final_dir: StoragePath, samples_dir: StoragePath,
+                  data_dir: StoragePath) -> dict:
     """One streaming pass over the shards writes every output of a block: the
     block with its duplicates marked (final/), its kept rows (samples/), their
     messages JSONL by training dataset (data/). Returns the blocks' small
     counts ({"phases": rows per dataset, "stats": rows and tokens per group});
     no output is read back."""
     for tmp in (final_dir, samples_dir, data_dir):
-        _rmtree(tmp)
+        tmp.rmtree()
     counts = paths.map_batches(
         _write_outputs, fn_args=(dups_ref, str(final_dir), str(samples_dir), str(data_dir),
                                  int(cfg.sdg.long_response_words), plan.get("ids")),
@@ -105,32 +104,19 @@ def recipe(cfg, phase_counts: list[dict], stats: dict) -> dict:
     return out
 
 
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def _write_parquet(df, directory: str) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    os.makedirs(directory, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False),
-                   os.path.join(directory, f"part-{uuid.uuid4().hex}.parquet"))
+    atomic_write_bytes(StoragePath(directory) / f"part-{uuid.uuid4().hex}.parquet", parquet_bytes(df))
 
 
 def _planned_rows(path: str, plan: dict | None, columns: list[str] | None = None):
     """One shard's rows that are tasks of this plan (see tasks.in_plan); every row
     when plan.json has no ids (written by hand or by an older lab-ray)."""
-    import pyarrow.parquet as pq
-
     if plan is None:
-        return pq.read_table(path, columns=columns).to_pandas()
+        return read_parquet(path, columns).to_pandas()
     if columns is not None:
-        names = set(pq.read_schema(path).names)
+        names = set(parquet_columns(path))
         columns = [c for c in dict.fromkeys([*columns, "request_index"]) if c in names]
-    df = pq.read_table(path, columns=columns).to_pandas()
+    df = read_parquet(path, columns).to_pandas()
     keep = in_plan(df, plan)
     return df if all(keep) else df[keep].reset_index(drop=True)
 

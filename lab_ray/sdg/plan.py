@@ -108,7 +108,7 @@ def build_plan(cfg) -> list[LeafSpec]:
     return specs
 
 
-def make_plan(cfg, out: Path) -> Plan:
+def make_plan(cfg, out) -> Plan:
     """The plan of this run, recorded in out/plan.json."""
     specs = build_plan(cfg)
     plan = Plan(specs, id_plan(specs, int(cfg.sdg.examples_per_prompt)))

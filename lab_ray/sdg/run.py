@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -23,12 +22,12 @@ from lab_ray.sdg.progress import GenerationProgress
 from lab_ray.sdg.stages import stages_for
 from lab_ray.sdg.tasks import expand, planned_ids, ranges
 from lab_ray.sdg.writer import ShardWriter, done_ids
-from lab_ray.storage import atomic_write_json, read_json, run_dir
+from lab_ray.storage import StoragePath, atomic_write_json, read_json, run_dir
 
 
 @dataclass
 class GenerateResult:
-    run_dir: Path
+    run_dir: StoragePath
     tasks: int
     resumed: int
     stats: dict = field(default_factory=dict)
@@ -51,8 +50,8 @@ def run_generation(cfg, teacher_spec: dict) -> GenerateResult:
     return GenerateResult(run_dir(cfg), plan.total, resumed, stats)
 
 
-def prepare_shard_dir(shards: Path) -> Path:
-    shards.mkdir(parents=True, exist_ok=True)
+def prepare_shard_dir(shards: StoragePath) -> StoragePath:
+    shards.mkdir()
     for tmp in shards.glob("*.tmp"):  # a partial shard from a killed run is never read
         tmp.unlink()
     return shards
@@ -75,7 +74,8 @@ class SkipDone:
         return batch[~batch["id"].isin(self.done)]
 
 
-def generate_shards(cfg, plan: Plan, done: set[str], teacher_spec: dict, calibration: dict, shards: Path) -> None:
+def generate_shards(cfg, plan: Plan, done: set[str], teacher_spec: dict, calibration: dict,
+                    shards: StoragePath) -> None:
     """Tasks -> every stage the plan's leaves need -> Parquet shards (one streaming Ray Data pass)."""
     import ray
 
@@ -110,7 +110,7 @@ def generate_shards(cfg, plan: Plan, done: set[str], teacher_spec: dict, calibra
             progress.observe(counts)
 
 
-def add_generation_seconds(out: Path, seconds: float) -> None:
+def add_generation_seconds(out: StoragePath, seconds: float) -> None:
     """Wall time of the generation passes, summed over resumes (the report's throughput)."""
     path = out / "timing.json"
     prev = (read_json(path) or {}).get("generation_seconds", 0.0)

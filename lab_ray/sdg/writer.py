@@ -1,9 +1,9 @@
 """Durable outputs: atomic shards during generation, then the final dataset.
 
 During generation every batch that has passed all stages is written as one
-Parquet shard under `sdg/shards/`: to a `.tmp` name first, renamed when
-complete, so a kill at any moment leaves either a whole shard or nothing
-that is ever read. Each task has exactly one row (kept or dropped) in
+Parquet shard under `sdg/shards/` of the run's storage (local or an object
+store), atomically (lab_ray.storage), so a kill at any moment leaves either
+a whole shard or nothing that is ever read. Each task has exactly one row (kept or dropped) in
 exactly one shard, so the ids in the shards are the work already done.
 """
 
@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lab_ray.sdg.stages import SCORE_COLUMNS
-from lab_ray.storage import atomic_write_bytes, atomic_write_text
+from lab_ray.storage import StoragePath, atomic_write_bytes, atomic_write_text
 from lab_ray.training_data import TRAINING_DATASETS, dataset_for_branch
 
 SHARD_GLOB = "part-*.parquet"
@@ -26,30 +25,41 @@ SHARD_GLOB = "part-*.parquet"
 
 class ShardWriter:
     def __init__(self, shard_dir: str):
-        self.dir = Path(shard_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = StoragePath(shard_dir)
+        self.dir.mkdir()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         if len(batch):
-            sink = pa.BufferOutputStream()
-            pq.write_table(pa.Table.from_pandas(batch, preserve_index=False), sink)
-            atomic_write_bytes(self.dir / f"part-{uuid.uuid4().hex}.parquet", sink.getvalue().to_pybytes(), fsync=True)
+            atomic_write_bytes(self.dir / f"part-{uuid.uuid4().hex}.parquet", parquet_bytes(batch), fsync=True)
         summary = batch.groupby(["leaf", "status"]).size().reset_index(name="rows") if len(batch) else \
             pd.DataFrame({"leaf": pd.Series(dtype=str), "status": pd.Series(dtype=str), "rows": pd.Series(dtype=int)})
         return summary
 
 
-def shard_files(shard_dir: Path) -> list[str]:
-    return sorted(str(p) for p in Path(shard_dir).glob(SHARD_GLOB))
+def shard_files(shard_dir) -> list[str]:
+    return [str(p) for p in StoragePath(shard_dir).glob(SHARD_GLOB)]
 
 
-def done_ids(shard_dir: Path) -> set[str]:
-    files = shard_files(shard_dir)
-    if not files:
-        return set()
+def read_parquet(location: str, columns: list[str] | None = None) -> pa.Table:
+    p = StoragePath(location)
+    return pq.read_table(p.path, filesystem=p.fs, columns=columns)
+
+
+def parquet_columns(location: str) -> list[str]:
+    p = StoragePath(location)
+    return pq.read_schema(p.path, filesystem=p.fs).names
+
+
+def parquet_bytes(df: pd.DataFrame) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def done_ids(shard_dir) -> set[str]:
     ids: set[str] = set()
-    for f in files:  # only the id column is read
-        ids.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
+    for f in shard_files(shard_dir):  # only the id column is read
+        ids.update(read_parquet(f, ["id"]).column("id").to_pylist())
     return ids
 
 
@@ -77,7 +87,7 @@ def write_jsonl(batch: pd.DataFrame, data_dir: str, long_words: int) -> pd.DataF
         part = batch[dataset == phase]
         if not len(part):
             continue
-        name = Path(data_dir) / phase / f"part-{uuid.uuid4().hex}.jsonl"
+        name = StoragePath(data_dir) / phase / f"part-{uuid.uuid4().hex}.jsonl"
         lines, short = [], 0
         for r in part.sort_values("id").to_dict("records"):
             rec = message_record(r, long_words)

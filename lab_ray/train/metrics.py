@@ -20,8 +20,10 @@ def append(path: Path | str, record: dict) -> None:
         f.write(json.dumps(record, default=str) + "\n")
 
 
-def read(path: Path | str) -> list[dict]:
-    p = Path(path)
+def read(path) -> list[dict]:
+    from lab_ray.storage import StoragePath
+
+    p = StoragePath(path)
     if not p.is_file():
         return []
     out = []

@@ -1,0 +1,126 @@
+"""A run whose root is an object store: every artifact goes through the storage layer.
+
+moto's server mode is a real S3 API on 127.0.0.1; pyarrow's S3 filesystem reaches
+it through the standard AWS variables (AWS_ENDPOINT_URL, keys, region), set for
+the driver and so for every Ray worker this module's local Ray starts. Generation
+runs with the instant test teacher (the point here is where the bytes go, not
+what the teacher says).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fixture_paths import REPO
+
+BUCKET = "lab-ray-test"
+LEAVES = ["compositional_skills/writing/poetry/haiku", "knowledge/geography/islands/varrow_island"]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import boto3
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3):
+    """A local Ray started after the S3 variables are set: its workers inherit them."""
+    import ray
+
+    from lab_ray.config import load_config
+    from lab_ray.ray_cluster import init_ray
+
+    init_ray(load_config(["ray.num_cpus=4"]).ray)
+    yield
+    ray.shutdown()
+
+
+def keys(s3, prefix: str) -> list[str]:
+    out, token = [], None
+    while True:
+        kw = {"Bucket": BUCKET, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
+        page = s3.list_objects_v2(**kw)
+        out += [o["Key"] for o in page.get("Contents", [])]
+        if not page.get("IsTruncated"):
+            return out
+        token = page["NextContinuationToken"]
+
+
+def _cfg(tmp_path, name: str, *extra: str):
+    from lab_ray.config import load_config
+
+    return load_config([f"run.root=s3://{BUCKET}/runs", f"run.name={name}", "sdg.progress=false",
+                        f"taxonomy.path={REPO / 'taxonomy'}", f"sdg.leaves=[{','.join(LEAVES)}]",
+                        "sdg.samples_per_leaf=6", "sdg.test_teacher=lab_ray.testing.fake_teachers:InstantTeacher",
+                        f"sdg.test_teacher_args={{log_dir: {tmp_path / 'calls'}}}", *extra])
+
+
+def _calls(tmp_path) -> int:
+    return sum(len(f.read_text().splitlines()) for f in (tmp_path / "calls").glob("*.log"))
+
+
+def test_generate_writes_every_artifact_to_the_bucket_and_resumes_from_it(s3, ray_local, tmp_path, monkeypatch):
+    from lab_ray.report.builder import write_report
+    from lab_ray.sdg.commands import generate
+    from lab_ray.storage import run_dir
+
+    monkeypatch.chdir(tmp_path)  # a URI root mistaken for a local path would appear here as ./s3:/...
+    cfg = _cfg(tmp_path, "gen")
+    result = generate(cfg)
+    assert result.stats["total"]["rows"] == 12 and result.stats["total"]["kept"] > 0
+    first_calls = _calls(tmp_path)
+    assert first_calls > 0
+    got = keys(s3, "runs/gen/")
+    for expected in ("runs/gen/sdg/plan.json", "runs/gen/sdg/calibration.json", "runs/gen/sdg/timing.json",
+                     "runs/gen/data/recipe.yaml", "runs/gen/data/stats.json"):
+        assert expected in got, expected
+    for prefix in ("runs/gen/sdg/shards/part-", "runs/gen/sdg/final/part-", "runs/gen/samples/part-",
+                   "runs/gen/data/knowledge_train/part-", "runs/gen/data/skills_train/part-"):
+        assert any(k.startswith(prefix) for k in got), prefix
+    assert not any(".tmp" in k for k in got), [k for k in got if ".tmp" in k]
+    assert not (tmp_path / "s3:").exists() and not Path("runs").exists()
+
+    # the report reads the run from the bucket and is published there
+    report = write_report(run_dir(cfg), cfg)
+    assert str(report) == f"s3://{BUCKET}/runs/gen/report/report.md"
+    assert {"runs/gen/report/report.md", "runs/gen/report/report.html",
+            "runs/gen/report/dataset_card.md"} <= set(keys(s3, "runs/gen/report/"))
+    assert "haiku" in s3.get_object(Bucket=BUCKET, Key="runs/gen/report/report.md")["Body"].read().decode()
+
+    # a rerun finds its shards in the bucket: no teacher call, the same outputs
+    again = generate(_cfg(tmp_path, "gen"))
+    assert _calls(tmp_path) == first_calls
+    assert again.resumed == 12 and again.stats["total"]["kept"] == result.stats["total"]["kept"]
+
+
+def test_a_relative_run_root_is_refused_inside_a_ray_job(monkeypatch):
+    from lab_ray.config import load_config
+    from lab_ray.errors import ConfigError
+    from lab_ray.storage import run_dir
+
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray's job supervisor sets for a job's driver
+    with pytest.raises(ConfigError, match="run.root='runs' is a relative path inside a Ray Job"):
+        run_dir(load_config(["run.root=runs"]))
+    assert str(run_dir(load_config([f"run.root=s3://{BUCKET}/x", "run.name=r"]))) == f"s3://{BUCKET}/x/r"
