@@ -18,6 +18,7 @@ from lab_ray.eval.mcq import MCQ
 from lab_ray.eval.sets import EvalSets, build_eval_sets, eval_dir
 from lab_ray.eval.student import StudentModel
 from lab_ray.storage import atomic_write_json
+from lab_ray.train.checkpoints import materialize
 
 KNOWLEDGE_METRIC = "accuracy"
 SKILLS_METRIC = "judge_1_10"
@@ -123,7 +124,7 @@ def evaluate_model(model_path: str, cfg, sets: EvalSets, teacher, parts=("knowle
                    student: StudentModel | None = None) -> dict:
     """Score one model on the given sets; `teacher` is a LazyTeacher-like callable (skills only)."""
     t0 = time.time()
-    student = student or StudentModel.load(model_path, tokenizer_from=cfg.eval.base_model)
+    student = student or StudentModel.load(materialize(str(model_path)), tokenizer_from=cfg.eval.base_model)
     leaves: dict[str, dict] = {}
     if "knowledge" in parts and sets.knowledge:
         leaves.update(score_knowledge(student, sets.knowledge, cfg.eval.knowledge.normalize))
@@ -139,7 +140,7 @@ def model_fingerprint(model_path: str) -> str:
     """Name, size and mtime of the model's weight and config files (a retrained checkpoint changes it)."""
     from lab_ray.embedded_model import resolve_model
 
-    local = Path(resolve_model(str(model_path)))
+    local = Path(resolve_model(materialize(str(model_path))))
     parts = [str(local.resolve())]
     if local.is_dir():
         for f in sorted(local.iterdir()):
@@ -191,7 +192,7 @@ def run_eval(cfg, model_path: str, base: bool = True, teacher=None) -> dict:
     "summary", "generation", "teacher_usage", "path"}."""
     from lab_ray.eval.teacher import LazyTeacher
 
-    StudentModel.check(str(model_path))  # a wrong MODEL fails before any teacher work
+    StudentModel.check(materialize(str(model_path)))  # a wrong MODEL fails before any teacher work
     if base:
         StudentModel.check(cfg.eval.base_model)
     own = teacher is None

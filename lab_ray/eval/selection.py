@@ -41,12 +41,11 @@ def _sets(cfg) -> EvalSets:
     import fcntl
 
     from lab_ray.storage import run_dir
-    from lab_ray.eval.sets import eval_dir
+    from lab_ray.eval.sets import lock_file
 
-    key = f"{run_dir(cfg).resolve()}|{cfg.taxonomy.path}|{list(cfg.eval.leaves)}"
+    key = f"{run_dir(cfg)}|{cfg.taxonomy.path}|{list(cfg.eval.leaves)}"
     if key not in _SETS:
-        eval_dir(cfg).mkdir(parents=True, exist_ok=True)
-        with open(eval_dir(cfg) / ".build.lock", "w") as lock:
+        with open(lock_file(cfg, ".build.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 _SETS[key] = build_eval_sets(cfg, shared_teacher(cfg))

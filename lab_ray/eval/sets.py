@@ -49,8 +49,23 @@ class EvalSets:
         return h.hexdigest()[:16]
 
 
-def eval_dir(cfg) -> Path:
+def eval_dir(cfg):
     return run_dir(cfg) / "eval"
+
+
+def lock_file(cfg, name: str) -> Path:
+    """A file to flock for `name` of this run's eval: in the run's eval/ when that is
+    on local disk, else in this node's temp dir (a lock file cannot live in an object store)."""
+    import hashlib
+    import tempfile
+
+    d = eval_dir(cfg)
+    if d.is_local:
+        d.mkdir()
+        return d.local_path() / name
+    local = Path(tempfile.gettempdir()) / "lab-ray-locks" / hashlib.sha1(d.uri.encode()).hexdigest()[:16]
+    local.mkdir(parents=True, exist_ok=True)
+    return local / name
 
 
 def load_leaves(cfg):

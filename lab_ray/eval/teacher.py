@@ -31,12 +31,11 @@ class LazyTeacher:
         if self._client is None:
             import fcntl
 
-            from lab_ray.eval.sets import eval_dir
+            from lab_ray.eval.sets import lock_file
 
             # Parallel scorers (Ray tasks) deploy at most one teacher: the first
             # takes the lock and deploys, the others then find it serving.
-            eval_dir(self.cfg).mkdir(parents=True, exist_ok=True)
-            with open(eval_dir(self.cfg) / ".teacher.lock", "w") as lock:
+            with open(lock_file(self.cfg, ".teacher.lock"), "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 try:
                     url, key = serving_url(self.cfg), api_key(self.cfg.teacher)

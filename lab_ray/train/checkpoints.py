@@ -49,6 +49,36 @@ def local_dir(ckpt, copy_to: str) -> tuple[str, bool]:
     return ckpt.to_directory(copy_to), True
 
 
+def materialize(location: str, cache_root: str | None = None) -> str:
+    """A local directory with the checkpoint at `location` (a path or a storage URI):
+    a local path as is; a URI downloaded once per node into a cache keyed by the URI
+    (a finished checkpoint never changes). One process per node downloads (a file
+    lock; the tokenisation tasks of a phase all ask at once), into a temporary name
+    renamed when complete; the others wait and reuse it."""
+    import fcntl
+    import hashlib
+
+    from lab_ray.storage import StoragePath, is_uri
+
+    if not is_uri(location):
+        return location
+    root = _mkdir(Path(cache_root or os.environ.get("LAB_RAY_CHECKPOINT_CACHE") or
+                       Path(tempfile.gettempdir()) / "lab-ray-checkpoints"))
+    target = root / hashlib.sha1(location.encode()).hexdigest()[:16]
+    with open(str(target) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_dir():
+            staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+            StoragePath(location).download_dir(staging)
+            os.replace(staging, target)
+    return str(target)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def load_state(ckpt_dir: str) -> dict | None:
     p = Path(ckpt_dir) / STATE
     return torch.load(p, map_location="cpu", weights_only=False) if p.is_file() else None
@@ -68,6 +98,15 @@ def clear_staging(scratch: Path) -> None:
 def drop_resume_state(ckpt_dir: str) -> int:
     """Delete what only resuming a phase needs (optimizer, scheduler, ZeRO partitions);
     the HF model files stay for selection and the next phase. Returns bytes freed."""
+    from lab_ray.storage import StoragePath, is_uri
+
+    if is_uri(ckpt_dir):
+        remote = StoragePath(ckpt_dir)
+        files = [f for f in remote.rglob_files() if f.name == STATE or "/deepspeed/" in f.uri]
+        freed = sum(f.fs.get_file_info(f.path).size or 0 for f in files)
+        for f in files:
+            f.unlink()
+        return freed
     freed = 0
     p = Path(ckpt_dir)
     for f in [p / STATE, *((p / "deepspeed").rglob("*") if (p / "deepspeed").is_dir() else [])]:

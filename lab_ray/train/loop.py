@@ -58,6 +58,8 @@ def train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(tc["seed"])
+    os.makedirs(config["scratch"], exist_ok=True)  # node-local: this node's own disk
+    config["init_dir"] = checkpoints.materialize(config["init_dir"])  # the previous phase's, from the run's storage
     tokenizer = load_tokenizer(config["init_dir"])
     pad_id = tokenizer.pad_token_id
 

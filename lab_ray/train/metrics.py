@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from ray.train import UserCallback
 
 
-def append(path: Path | str, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=str) + "\n")
+def append(path, record: dict) -> None:
+    """One JSON line more. An object store has no append: the file is rewritten whole
+    (metrics files are small: a line per step)."""
+    from lab_ray.storage import StoragePath
+
+    p = StoragePath(path)
+    line = json.dumps(record, default=str) + "\n"
+    if p.is_local:
+        with open(p.local_path(), "a", encoding="utf-8") as f:
+            f.write(line)
+    else:
+        p.write_text((p.read_text() if p.is_file() else "") + line)
 
 
 def read(path) -> list[dict]:

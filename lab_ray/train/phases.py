@@ -11,7 +11,8 @@ hands its workers the latest checkpoint and they continue from that step.
 
 from __future__ import annotations
 
-import glob
+import os
+import tempfile
 import math
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from omegaconf import OmegaConf
 
 from lab_ray.errors import ConfigError, LabRayError
 from lab_ray.ray_cluster import init_ray
-from lab_ray.storage import Journal, run_dir
+from lab_ray.storage import Journal, StoragePath, run_dir
 from lab_ray.train import checkpoints
 from lab_ray.train import metrics as M
 from lab_ray.train.config import PHASES
@@ -37,8 +38,9 @@ PHASE_INPUTS = {
 SELECT_AFTER = {"knowledge_long": ("knowledge", ("knowledge_short", "knowledge_long")), "skills": ("skills", ("skills",))}
 
 
-def _files(ddir: Path, sub: str) -> list[str]:
-    return sorted(glob.glob(str(ddir / sub / "*.jsonl")))
+def _files(ddir: StoragePath, sub: str) -> list[str]:
+    """The dataset's JSONL shards, as paths or URIs Ray Data reads directly."""
+    return [str(p) for p in (ddir / sub).glob("*.jsonl")]
 
 
 def _datasets(cfg, phase: str, model_dir: str):
@@ -77,7 +79,25 @@ def _total_steps(cfg, phase: str, stats: dict, has_replay: bool) -> int:
     return min(total, int(pc.max_steps)) if pc.max_steps else total
 
 
-def _train_phase(cfg, phase: str, init_dir: str, tdir: Path, entry: dict, journal: Journal) -> dict:
+def _scratch(cfg, tdir: StoragePath, phase: str) -> str:
+    """Where workers stage a checkpoint before Ray Train stores it: node-local disk.
+    Inside the run directory when that is local (a killed worker's leftovers are
+    cleared at the next start); else each worker node's temp directory."""
+    if tdir.is_local:
+        scratch = tdir.local_path() / "scratch"
+        scratch.mkdir(parents=True, exist_ok=True)
+        checkpoints.clear_staging(scratch)
+        return str(scratch)
+    return os.path.join(tempfile.gettempdir(), "lab-ray-scratch", cfg.run.name, phase)
+
+
+def _checkpoint_location(tdir: StoragePath, path: str) -> str:
+    """A reported checkpoint's path as lab-ray names locations: Ray gives the path
+    inside its storage filesystem ("bucket/key" on S3); a URI keeps the scheme."""
+    return path if tdir.is_local else f"{tdir.uri.split('://', 1)[0]}://{path}"
+
+
+def _train_phase(cfg, phase: str, init_dir: str, tdir: StoragePath, entry: dict, journal: Journal) -> dict:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -98,19 +118,19 @@ def _train_phase(cfg, phase: str, init_dir: str, tdir: Path, entry: dict, journa
     datasets = {"train": train_ds}
     if replay_ds is not None:
         datasets["replay"] = replay_ds
-    scratch = tdir / "scratch"
-    scratch.mkdir(parents=True, exist_ok=True)
-    checkpoints.clear_staging(scratch)
+    scratch = _scratch(cfg, tdir, phase)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
-            "phase": phase, "init_dir": init_dir, "total_steps": total, "scratch": str(scratch),
+            "phase": phase, "init_dir": init_dir, "total_steps": total, "scratch": scratch,
             "replay_ratio": float(pc.replay_ratio) if replay_ds is not None else 0.0,
             "train": OmegaConf.to_container(tc, resolve=True), "phase_cfg": OmegaConf.to_container(pc, resolve=True)},
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=int(tc.num_workers), use_gpu=bool(tc.use_gpu),
                                      resources_per_worker={"CPU": float(tc.cpus_per_worker)}),
         run_config=RunConfig(
+            # The run's storage (a local path or a URI such as s3://...): every node reads
+            # and writes checkpoints there, so a phase resumes wherever its workers land.
             name=phase, storage_path=str(tdir / "ray"),
             checkpoint_config=CheckpointConfig(num_to_keep=int(tc.keep_checkpoints)),
             failure_config=FailureConfig(max_failures=int(tc.max_failures)),
@@ -119,7 +139,8 @@ def _train_phase(cfg, phase: str, init_dir: str, tdir: Path, entry: dict, journa
         dataset_config=DataConfig(datasets_to_split=["train"]),  # replay: each worker slices its own
     )
     result = trainer.fit()
-    ckpts = sorted(((m.get("step", 0), c.path) for c, m in (result.best_checkpoints or [])), key=lambda x: x[0])
+    ckpts = sorted(((m.get("step", 0), _checkpoint_location(tdir, c.path)) for c, m in (result.best_checkpoints or [])),
+                   key=lambda x: x[0])
     if not ckpts:
         raise LabRayError(f"phase {phase} finished without a checkpoint")
     entry.update(status="done", checkpoints=[p for _, p in ckpts], last_checkpoint=ckpts[-1][1],
@@ -130,7 +151,7 @@ def _train_phase(cfg, phase: str, init_dir: str, tdir: Path, entry: dict, journa
     return entry
 
 
-def _select(cfg, group: str, phases: tuple, journal: Journal, tdir: Path) -> str | None:
+def _select(cfg, group: str, phases: tuple, journal: Journal, tdir: StoragePath) -> str | None:
     sel = journal.data["selection"].get(group)
     if sel and sel.get("selected"):
         return sel["selected"]
@@ -167,8 +188,8 @@ def run_training(cfg) -> dict:
                           "run `lab-ray generate` first or set train.data_dir")
     if tc.init_from and not Path(resolve_model(tc.init_from)).is_dir():
         raise ConfigError(f"train.init_from={tc.init_from!r} is not a model directory")
-    tdir = (run_dir(cfg) / "train").resolve()
-    tdir.mkdir(parents=True, exist_ok=True)
+    tdir = run_dir(cfg) / "train"
+    tdir.mkdir()
     journal = Journal(tdir / "journal.json", {"phases": {}, "selection": {}})
     base = resolve_model(tc.init_from or tc.model)
     init_ray(cfg.ray)

@@ -9,11 +9,9 @@ evaluation scorers plug in through the same hook.
 
 from __future__ import annotations
 
-import glob
 import importlib
 import json
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,10 +33,11 @@ def load_scorer(spec: str):
         raise ConfigError(f"train.selection.scorers: cannot load {spec!r}: {e}")
 
 
-def data_dir(cfg) -> Path:
-    from lab_ray.storage import run_dir
+def data_dir(cfg):
+    """The run's data (or train.data_dir): a StoragePath, local or an object store."""
+    from lab_ray.storage import StoragePath, run_dir
 
-    return Path(cfg.train.data_dir) if cfg.train.data_dir else run_dir(cfg) / "data"
+    return StoragePath(cfg.train.data_dir) if cfg.train.data_dir else run_dir(cfg) / "data"
 
 
 def heldout_rows(cfg, group: str, limit: int):
@@ -46,9 +45,9 @@ def heldout_rows(cfg, group: str, limit: int):
     from lab_ray.train.tokenize import is_heldout
 
     out = []
-    for path in sorted(glob.glob(str(data_dir(cfg) / GROUP_DATA[group] / "*.jsonl"))):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
+    for path in (data_dir(cfg) / GROUP_DATA[group]).glob("*.jsonl"):
+        if True:  # one shard at a time
+            for line in path.read_text(encoding="utf-8").splitlines():
                 if not line.strip():
                     continue
                 row = json.loads(line)
@@ -66,7 +65,14 @@ def heldout_loss(checkpoint_dir: str, phase: str, cfg) -> dict[str, float]:
 
     from lab_ray.train.tokenize import IGNORE, load_tokenizer, shift_targets, tokenize_conversation
 
+    from lab_ray.errors import LabRayError
+    from lab_ray.train.checkpoints import materialize
+
     rows = heldout_rows(cfg, phase, int(cfg.train.selection.max_heldout_rows))
+    if not rows:  # a NaN loss would silently lose the selection: say what is missing
+        raise LabRayError(f"heldout_loss: no held-out rows of {GROUP_DATA[phase]} under {data_dir(cfg)} "
+                          "(train.heldout_fraction=0, or the data is not readable from this node)")
+    checkpoint_dir = materialize(checkpoint_dir)
     tok = load_tokenizer(checkpoint_dir)
     model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32)
     model.eval()

@@ -22,9 +22,12 @@ IGNORE = -100
 
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(model_dir: str):
+    """The tokenizer of a model directory or of a checkpoint in the run's storage (URI)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    from lab_ray.train.checkpoints import materialize
+
+    tok = AutoTokenizer.from_pretrained(materialize(model_dir))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -124,3 +124,55 @@ def test_a_relative_run_root_is_refused_inside_a_ray_job(monkeypatch):
     with pytest.raises(ConfigError, match="run.root='runs' is a relative path inside a Ray Job"):
         run_dir(load_config(["run.root=runs"]))
     assert str(run_dir(load_config([f"run.root=s3://{BUCKET}/x", "run.name=r"]))) == f"s3://{BUCKET}/x/r"
+
+
+def test_training_reads_and_writes_only_the_bucket(s3, tmp_path):
+    """`lab-ray train` with run.root on S3: data read from the bucket, Ray Train's checkpoints, the
+    journal and the metrics written there; the next phase starts from the previous phase's
+    checkpoint URI; nothing of the run on local disk but node-local scratch and caches."""
+    import json
+    import subprocess
+    import sys
+    import uuid
+
+    sys.path.insert(0, str(REPO / "tests" / "train"))
+    from datagen import write_run_data
+    from proc_marks import kill_marked
+
+    from lab_ray.storage import StoragePath
+    from lab_ray.train.checkpoints import is_hf_dir, materialize
+
+    local = write_run_data(tmp_path / "data", n_knowledge_short=24, n_knowledge_long=8, n_skills=24)
+    StoragePath(f"s3://{BUCKET}/runs/tr/data").upload_dir(local)
+    mark = uuid.uuid4().hex
+    env = dict(os.environ, CI="1", LAB_RAY_TEST_MARK=mark, RAY_USAGE_STATS_ENABLED="0",
+               LAB_RAY_CHECKPOINT_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "lab_ray.cli", "train", f"run.root=s3://{BUCKET}/runs", "run.name=tr",
+           "train=cpu-tiny", "train.num_workers=2", "train.cpus_per_worker=0.5", "train.live=false",
+           "train.knowledge_short.max_seq_len=256", "train.knowledge_long.max_seq_len=256",
+           "train.skills.max_seq_len=256", "train.pack_window=64", "train.selection.max_heldout_rows=4",
+           "train.knowledge_short.max_steps=1", "train.knowledge_long.max_steps=1", "train.skills.max_steps=1",
+           "ray.num_cpus=2"]
+    work = tmp_path / "cwd"
+    work.mkdir()
+    try:
+        p = subprocess.run(cmd, cwd=work, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                           timeout=1500)
+    finally:
+        kill_marked(mark)
+    (tmp_path / "train.log").write_text(p.stdout + p.stderr)
+    assert p.returncode == 0, f"lab-ray train failed (log: {tmp_path / 'train.log'}): " + (p.stdout + p.stderr)[-2000:]
+    assert list(work.iterdir()) == []  # no run directory on local disk
+    journal = json.loads(s3.get_object(Bucket=BUCKET, Key="runs/tr/train/journal.json")["Body"].read())
+    phases = journal["phases"]
+    assert [phases[k]["status"] for k in ("knowledge_short", "knowledge_long", "skills")] == ["done"] * 3
+    # checkpoints are URIs in the bucket, and each phase started from the one before
+    assert phases["knowledge_short"]["last_checkpoint"].startswith(f"s3://{BUCKET}/runs/tr/train/ray/")
+    assert phases["knowledge_long"]["init"] == phases["knowledge_short"]["last_checkpoint"]
+    final = journal["final_checkpoint"]
+    assert final in phases["skills"]["checkpoints"]
+    got = keys(s3, "runs/tr/train/")
+    assert any(k.endswith("model.safetensors") for k in got)
+    assert not any(k.endswith("trainer_state.pt") for k in got)  # done phases drop their resume state
+    assert "runs/tr/train/metrics.jsonl" in got
+    assert is_hf_dir(materialize(final))
