@@ -94,6 +94,8 @@ class StoragePath:
         return f"StoragePath({self.uri!r})"
 
     def __eq__(self, other) -> bool:
+        if isinstance(other, (str, os.PathLike)) and not isinstance(other, StoragePath):
+            other = StoragePath(other)  # a local path equals the same path given as a Path
         return isinstance(other, StoragePath) and other.uri == self.uri
 
     def __hash__(self) -> int:

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from lab_ray.storage import atomic_write_json
+from lab_ray.storage import StoragePath, atomic_write_json
 
 PROGRESS_FILE = "progress.json"  # under the run's train/ directory
 
@@ -33,18 +33,27 @@ def _hms(seconds: float | None) -> str:
 
 
 class MetricsTail:
-    """New complete JSON lines of a growing file (a line cut mid-write waits for its end)."""
+    """New complete JSON lines of a growing file (a line cut mid-write waits for its end).
+    The file may be in an object store (lab_ray.storage): then it is read whole each
+    time (a metrics file is small) and the offset skips what was seen."""
 
-    def __init__(self, path: Path, from_end: bool = True):
-        self.path = Path(path)
-        self.offset = self.path.stat().st_size if from_end and self.path.is_file() else 0
+    def __init__(self, path, from_end: bool = True):
+        self.path = StoragePath(path)
+        self.offset = 0
+        self.offset = len(self._new_bytes()) if from_end else 0
+
+    def _new_bytes(self) -> bytes:
+        """The file's bytes past the offset (a local file is read from there on)."""
+        if not self.path.is_file():
+            return b""
+        if self.path.is_local:
+            with open(self.path.local_path(), "rb") as f:
+                f.seek(self.offset)
+                return f.read()
+        return self.path.read_bytes()[self.offset:]
 
     def read(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
+        data = self._new_bytes()
         end = data.rfind(b"\n")
         if end < 0:
             return []
@@ -69,9 +78,9 @@ def step_line(r: dict, eta_s: float | None) -> str:
 class TrainProgress:
     """Driver side of training progress (a context manager around the phases)."""
 
-    def __init__(self, tdir: Path | str, live: bool = True, stream=None, tty: bool | None = None,
+    def __init__(self, tdir, live: bool = True, stream=None, tty: bool | None = None,
                  poll_s: float = 1.0):
-        self.tdir = Path(tdir)
+        self.tdir = StoragePath(tdir)
         self.stream = stream or sys.stdout
         self.tty = (self.stream.isatty() if tty is None else tty) and live and not os.environ.get("CI")
         self.poll_s = poll_s
