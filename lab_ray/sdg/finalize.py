@@ -26,6 +26,7 @@ def finalize(cfg, out: StoragePath) -> dict:
     """Dedup per leaf, write final/ + samples/ + data/ (messages JSONL, recipe, stats); returns the stats."""
     import ray
 
+    out = StoragePath(out)
     files = shard_files(out / "shards")
     if not files:
         raise LabRayError(f"no generated shards under {out / 'shards'}")
