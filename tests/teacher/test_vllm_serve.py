@@ -196,7 +196,8 @@ def test_generate_on_the_sample_taxonomy_against_the_vllm_app(served, tmp_path):
            f"teacher.base_url={endpoint.base_url}", "ray.num_cpus=4", "sdg.progress=false", "sdg.samples_per_leaf=2",
            "sdg.instruction_max_tokens=24", "sdg.context_max_tokens=40", "sdg.response_max_tokens=40",
            "sdg.knowledge.max_tokens=64", "sdg.batch_size=8"]
-    done = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=900,
+                          check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     stats = json.loads((tmp_path / "v" / "data" / "stats.json").read_text())
     assert len(stats["leaves"]) == 4 and stats["total"]["rows"] == 8
