@@ -47,11 +47,13 @@ class StudentModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from lab_ray.embedded_model import resolve_model
+        from lab_ray.teacher.chat_template import ensure_chat_template
 
         local = cls.check(path)
         tok_dir = local if _has_tokenizer(local) else Path(resolve_model(tokenizer_from))
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+            ensure_chat_template(tokenizer)  # a base model without one: lab-ray's default (ChatML)
             model = AutoModelForCausalLM.from_pretrained(str(local), dtype=torch.float32)
         except (OSError, ValueError) as e:
             raise LabRayError(f"cannot load the model at {local}: {str(e).splitlines()[0][:300]}")

@@ -54,10 +54,18 @@ def select_leaves(cfg):
     return tax
 
 
+def teacher_source(cfg) -> str:
+    """Where the served teacher's weights and tokenizer come from: a vLLM teacher serves
+    teacher.vllm.model_source under the name teacher.model."""
+    if cfg.teacher.model_path:
+        return cfg.teacher.model_path
+    return cfg.teacher.vllm.model_source if cfg.teacher.backend == "vllm" else cfg.teacher.model
+
+
 def teacher_tokenizer(cfg):
     from transformers import AutoTokenizer
 
-    path = cfg.teacher.model_path or cfg.teacher.model
+    path = teacher_source(cfg)
     try:
         return AutoTokenizer.from_pretrained(resolve_model(path))
     except (OSError, ValueError):
@@ -82,14 +90,17 @@ def check_chunks_fit(cfg) -> None:
 def local_context_length(cfg) -> int | None:
     from transformers import AutoConfig
 
-    local = Path(resolve_model(cfg.teacher.model_path or cfg.teacher.model)).expanduser()
+    local = Path(resolve_model(teacher_source(cfg))).expanduser()
     if not local.is_dir():
         return None  # a served model name, not a local directory: never ask a hub
     try:
         mcfg = AutoConfig.from_pretrained(str(local))
     except (OSError, ValueError):
         return None
-    return getattr(mcfg, "max_position_embeddings", None)
+    context = getattr(mcfg, "max_position_embeddings", None)
+    if cfg.teacher.backend == "vllm" and context:  # vLLM serves at most max_model_len
+        context = min(context, int(cfg.teacher.vllm.max_model_len))
+    return context
 
 
 def build_plan(cfg) -> list[LeafSpec]:

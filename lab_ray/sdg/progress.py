@@ -26,7 +26,6 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -34,7 +33,7 @@ import pandas as pd
 from lab_ray.sdg.stats import COUNT_KEYS, GROUP_KEYS, block_counts, funnel
 from lab_ray.sdg.stages import stages_for
 from lab_ray.sdg.writer import shard_files
-from lab_ray.storage import atomic_write_json
+from lab_ray.storage import StoragePath, atomic_write_json
 
 PROGRESS_FILE = "progress.json"  # under the run's sdg/ directory
 
@@ -187,10 +186,10 @@ class GenerationProgress:
                 progress.observe(batch)
     """
 
-    def __init__(self, cfg, plan, out: Path | str, resume_from: Path | str | None = None,
+    def __init__(self, cfg, plan, out, resume_from=None,
                  stream=None, tty: bool | None = None):
         """resume_from: the shard directory when this pass resumes (its rows count as done)."""
-        self.out = Path(out)
+        self.out = StoragePath(out)
         self.enabled = bool(cfg.sdg.progress)
         self.interval = max(0.05, float(cfg.sdg.progress_interval_s))
         self.flush_s = min(1.0, self.interval / 2)
@@ -199,7 +198,7 @@ class GenerationProgress:
         self.total = sum(self.quotas.values())
         self.stage_names = [s.stage for s in stages_for(set(self.kinds.values()))]
         self.leaves = {leaf: {"done": 0, "kept": 0} for leaf in self.quotas}
-        resumed = resumed_counts(shard_files(Path(resume_from))) if resume_from else {}
+        resumed = resumed_counts(shard_files(resume_from)) if resume_from else {}
         for leaf, c in resumed.items():
             if leaf in self.leaves:
                 self.leaves[leaf] = {"done": min(c.get("done", 0), self.quotas[leaf]),
@@ -424,11 +423,11 @@ def progress_table(snap: dict, max_leaves: int = 15):
 
 def resumed_counts(shard_files: list[str]) -> dict[str, dict]:
     """Rows done and kept per leaf in complete shards (a resume's starting point; two columns read)."""
-    import pyarrow.parquet as pq
+    from lab_ray.sdg.writer import read_parquet
 
     out: dict[str, dict] = {}
     for f in shard_files:
-        t = pq.read_table(f, columns=["leaf", "status"]).to_pandas()
+        t = read_parquet(f, ["leaf", "status"]).to_pandas()
         for (leaf, status), n in t.groupby(["leaf", "status"]).size().items():
             c = out.setdefault(str(leaf), {"done": 0, "kept": 0})
             c["done"] += int(n)
@@ -436,7 +435,7 @@ def resumed_counts(shard_files: list[str]) -> dict[str, dict]:
     return out
 
 
-def read_progress(sdg_dir: Path | str) -> dict[str, Any] | None:
+def read_progress(sdg_dir) -> dict[str, Any] | None:
     from lab_ray.storage import read_json
 
-    return read_json(Path(sdg_dir) / PROGRESS_FILE)
+    return read_json(StoragePath(sdg_dir) / PROGRESS_FILE)

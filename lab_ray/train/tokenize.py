@@ -27,7 +27,10 @@ def load_tokenizer(model_dir: str):
 
     from lab_ray.train.checkpoints import materialize
 
+    from lab_ray.teacher.chat_template import ensure_chat_template
+
     tok = AutoTokenizer.from_pretrained(materialize(model_dir))
+    ensure_chat_template(tok)  # a base model without one gets lab-ray's documented default (ChatML)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
