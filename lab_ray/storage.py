@@ -139,8 +139,13 @@ class StoragePath:
         return sorted(self / posixpath.basename(i.path) for i in infos)
 
     def glob(self, pattern: str) -> list["StoragePath"]:
-        """Entries of this directory whose name matches `pattern` (one level, like Path.glob("*.x"))."""
-        return [p for p in self.iterdir() if fnmatch.fnmatchcase(p.name, pattern)]
+        """Entries matching `pattern` below this directory, one path component per level
+        ("*.jsonl", "cache/*.json", "*/part-*"), like Path.glob without "**"."""
+        first, _, rest = pattern.partition("/")
+        matches = [p for p in self.iterdir() if fnmatch.fnmatchcase(p.name, first)]
+        if not rest:
+            return matches
+        return sorted(q for p in matches for q in p.glob(rest))
 
     def rglob_files(self) -> list["StoragePath"]:
         if not self.is_dir():

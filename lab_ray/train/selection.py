@@ -68,10 +68,11 @@ def heldout_loss(checkpoint_dir: str, phase: str, cfg) -> dict[str, float]:
     from lab_ray.errors import LabRayError
     from lab_ray.train.checkpoints import materialize
 
+    group_dir = data_dir(cfg) / GROUP_DATA[phase]
+    if not group_dir.glob("*.jsonl"):  # NaN here would silently decide the selection: say what is missing
+        raise LabRayError(f"heldout_loss: no {GROUP_DATA[phase]} data readable at {group_dir} from this node "
+                          "(on a cluster, run.root must be shared storage such as s3://...)")
     rows = heldout_rows(cfg, phase, int(cfg.train.selection.max_heldout_rows))
-    if not rows:  # a NaN loss would silently lose the selection: say what is missing
-        raise LabRayError(f"heldout_loss: no held-out rows of {GROUP_DATA[phase]} under {data_dir(cfg)} "
-                          "(train.heldout_fraction=0, or the data is not readable from this node)")
     checkpoint_dir = materialize(checkpoint_dir)
     tok = load_tokenizer(checkpoint_dir)
     model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32)

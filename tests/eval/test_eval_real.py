@@ -121,4 +121,4 @@ def test_cli_errors_are_one_clear_line(cli, tmp_path):
     code, _out, err = cli("eval")
     assert code == 2 and "usage: lab-ray eval MODEL" in err
     code, _out, err = cli("eval", "a", "b")
-    assert code == 2 and "one MODEL" in err
+    assert code == 2 and "usage: lab-ray eval MODEL" in err and "got 'a b'" in err
