@@ -98,6 +98,7 @@ def main() -> None:
     t = time.perf_counter()
     endpoint = deploy(cfg.teacher, cfg.ray)
     print(f"teacher deployed in {time.perf_counter() - t:.0f} s ({load_note()})", flush=True)
+    c = cfg.teacher.client
     client_args = {k: v for k, v in client_spec(cfg.teacher, endpoint.base_url, endpoint.api_key).items() if k != "kind"}
     spec = {"kind": "python", "factory": "sdg_teacher_bound:LoggingClient",
             "args": {"log_dir": str(logs), **client_args}}
