@@ -46,12 +46,15 @@ def s3():
 
 @pytest.fixture(scope="module")
 def ray_local(s3):
-    """A local Ray started after the S3 variables are set: its workers inherit them."""
+    """A local Ray started after the S3 variables are set: its workers inherit them (a Ray
+    another module of this session started earlier has workers without them: restart it)."""
     import ray
 
     from lab_ray.config import load_config
     from lab_ray.ray_cluster import init_ray
 
+    if ray.is_initialized():
+        ray.shutdown()
     init_ray(load_config(["ray.num_cpus=4"]).ray)
     yield
     ray.shutdown()
