@@ -471,6 +471,8 @@ class TwoNodeCluster:
         """`ray.init(address=<this GCS>)` in this process with the cluster's token; shut down on exit."""
         import ray
 
+        if ray.is_initialized():  # another test module of this session left its own local Ray up
+            ray.shutdown()
         with self.client_env():
             ray.init(address=self.address, **{"log_to_driver": False, **init_kwargs})
             try:
