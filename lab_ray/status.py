@@ -21,6 +21,7 @@ import socket
 import time
 from pathlib import Path
 
+from lab_ray.durations import hms as _hms
 from lab_ray.errors import LabRayError
 from lab_ray.storage import read_json, run_dir
 
@@ -209,13 +210,6 @@ def collect(rdir: Path) -> dict:
 
 
 # -- printing ----------------------------------------------------------------------
-def _hms(seconds) -> str:
-    if seconds is None:
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 def render(st: dict) -> str:
     lines = [f"run {st['run']}: {st['state']}",
              "steps: " + " · ".join(f"{k} {v}" for k, v in st["steps"].items() if v != "-")

@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from lab_ray.durations import hms as _hms
 from lab_ray.sdg.stats import COUNT_KEYS, GROUP_KEYS, block_counts, funnel
 from lab_ray.sdg.stages import stages_for
 from lab_ray.sdg.writer import shard_files
@@ -167,12 +168,6 @@ class ProgressCounterImpl:
 
 
 # -- the driver's view -----------------------------------------------------------
-def _hms(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
 
 class GenerationProgress:
     """Driver side: start the counter actor, wrap the stages, render and save snapshots.

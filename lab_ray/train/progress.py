@@ -20,16 +20,11 @@ import threading
 import time
 from pathlib import Path
 
+from lab_ray.durations import hms as _hms
 from lab_ray.storage import StoragePath, atomic_write_json
 
 PROGRESS_FILE = "progress.json"  # under the run's train/ directory
 
-
-def _hms(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class MetricsTail:
