@@ -112,7 +112,7 @@ def collect(rdir: Path) -> dict:
         if progress.get("error"):
             out["last_error"] = {"where": "generate", "error": progress["error"], "time": progress.get("updated")}
     elif plan is not None:
-        out["generation"] = {"state": "planned", "total": plan.get("tasks"),
+        out["generation"] = {"state": "planned", "total": plan.get("rows", plan.get("tasks")),
                              "leaves": {k: {"quota": q} for k, q in plan.get("leaves", {}).items()}}
     shards = sdg_dir / "shards"
     if out["generation"] is not None and shards.is_dir():
@@ -124,7 +124,7 @@ def collect(rdir: Path) -> dict:
             # what is on disk is what a resume keeps: count it (two columns of each shard)
             from lab_ray.sdg.progress import resumed_counts
 
-            on_disk = resumed_counts(files)
+            on_disk = resumed_counts(files, ((plan or {}).get("config") or {}).get("fanout"))
             leaves = out["generation"].setdefault("leaves", {})
             for leaf, c in on_disk.items():
                 leaves.setdefault(leaf, {"quota": 0}).update(done=c["done"], kept=c["kept"])

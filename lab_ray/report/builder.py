@@ -86,6 +86,14 @@ def section_samples(doc: Doc, inp: RunInputs, out: Path, dpi: int) -> None:
                      f"{sa.get('short', 0)} / {sa.get('long', 0)}"])
     doc.table(["leaf", "kind", "training file", "candidates", "accepted", "in training data", "short / long"], rows)
     doc.img(plots.samples_per_leaf(merged, out / "samples_per_leaf.png", dpi).name, "samples per leaf")
+    mixing = (inp.recipe or {}).get("mixing") or {}
+    if mixing:
+        doc.p("Mixing recipe (sdg.mixing; data/recipe.yaml): samples of each leaf's training split that "
+              "training takes (a subsample, or repeats up to the rule's cap).")
+        doc.table(["training file", "leaf", "rule", "available", "held out", "taken", "repeats"],
+                  [[name, leaf, e.get("rule") if e.get("rule") is not None else "-", e.get("available"),
+                    e.get("heldout"), e.get("taken"), e.get("repeats")]
+                   for name, block in mixing.items() for leaf, e in sorted((block.get("leaves") or {}).items())])
     if "samples" in inp.missing:
         doc.missing(inp.missing["samples"])
 
@@ -108,7 +116,8 @@ def section_funnel(doc: Doc, inp: RunInputs, out: Path, dpi: int) -> None:
     for leaf, s in sorted(stats.items()):
         for i, st in enumerate(s.get("stages") or []):
             dropped = ", ".join(f"{r} {n}" for r, n in (st.get("dropped") or {}).items()) or "-"
-            rows.append([leaf if i == 0 else "", st.get("stage"), st.get("in"), st.get("kept"), dropped])
+            stage = st.get("stage") + (f" (fan-out x{st['fanout']})" if st.get("fanout") else "")
+            rows.append([leaf if i == 0 else "", stage, st.get("in"), st.get("kept"), dropped])
         if not s.get("stages"):
             rows.append([leaf, "(all)", s.get("rows"), s.get("kept"),
                          ", ".join(f"{r} {n}" for r, n in (s.get("dropped") or {}).items()) or "-"])

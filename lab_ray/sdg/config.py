@@ -50,10 +50,31 @@ class DedupConfig:
 
 
 @dataclass
+class MixingConfig:
+    # Mixing recipe: taxonomy path prefix (a leaf's path, or a branch such as "knowledge" or
+    # "compositional_skills/writing") -> {sampling_size, max_upsample} (README "Mixing
+    # recipes"), e.g. sdg.mixing.rules.knowledge.sampling_size=200. Sizes are per leaf; the
+    # longest matching prefix wins, as for sdg.personas; a leaf no rule matches gives every
+    # sample once. sampling_size (InstructLab's recipe semantics): an integer is a count
+    # (200 = 200 samples of the leaf), a number with a decimal point a fraction of what the
+    # leaf has (0.5 = half, 2.0 = each twice), null = every sample once; fewer than the leaf
+    # has is a seeded subsample, more repeats every sample and adds a seeded remainder.
+    # max_upsample (default 3.0): cap on that repeat factor (40 samples asked for 200 with
+    # cap 3.0 give 120); 0 = no cap. Counts are of the training split (samples not held out
+    # by train.seed / train.heldout_fraction) and written to data/recipe.yaml, which
+    # training follows. (Plain dicts, checked by lab_ray.sdg.mixing, so that a new prefix
+    # can be given as a key=value override.)
+    rules: Dict[str, Any] = field(default_factory=dict)
+    # Seed of the selection (which samples a subsample keeps, which a partial repeat adds).
+    seed: int = 42
+
+
+@dataclass
 class SDGConfig:
-    # Per-leaf quota: generation requests (candidate samples) per leaf. 0 means
-    # scale_factor x the leaf's seed examples. Honoured exactly, never capped;
-    # accepted samples are what survives the judges and dedup.
+    # Per-leaf quota: candidate samples per leaf. 0 means scale_factor x the
+    # leaf's seed examples. Never capped; with fan-out it is rounded up to whole
+    # requests (ceil(quota / fan-out) requests). Accepted samples are what
+    # survives the judges and dedup.
     samples_per_leaf: int = 0
     scale_factor: int = 4
     seed: int = 42
@@ -76,6 +97,12 @@ class SDGConfig:
         "foundational_skills/reasoning": "precise",
         "knowledge": "precise",
     })
+    # Fan-out: completions asked for per request (`n` on the request) by a generation
+    # stage, each becoming its own row: the prompt (system text, examples, the chunk)
+    # is paid once for n candidates. Stages: gen_context, gen_instruction, gen_qa
+    # (missing = 1). Sibling completions that repeat one another are dropped at once
+    # (reason "duplicate"), before any judge or response is paid for them.
+    fanout: Dict[str, int] = field(default_factory=dict)
     # Ray Data: rows per batch sent to a stage actor, actors per stage.
     batch_size: int = 16
     actors_per_stage: int = 1
@@ -88,6 +115,8 @@ class SDGConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    # How many samples of each leaf feed training (data/recipe.yaml): see sdg.mixing.rules.
+    mixing: MixingConfig = field(default_factory=MixingConfig)
     # Generation progress (sdg/progress.py): per stage in/kept/dropped, kept per leaf vs its quota,
     # requests in flight, tokens/s, ETA; a live table on a terminal, else a line every
     # progress_interval_s. Ray Data's own progress bars are off either way.

@@ -11,10 +11,12 @@ import json
 import uuid
 
 import yaml
+from omegaconf import OmegaConf
 
 from lab_ray.errors import LabRayError
 from lab_ray.sdg.dedup import SIGNATURE_COLUMNS, duplicates, mark_duplicates, signature_rows
 from lab_ray.sdg.limits import task_pool
+from lab_ray.sdg.mixing import plan_datasets
 from lab_ray.sdg.stats import COUNT_KEYS, GROUP_KEYS, block_counts, funnel, sum_counts
 from lab_ray.sdg.tasks import in_plan
 from lab_ray.sdg.writer import parquet_bytes, parquet_columns, read_parquet, shard_files, write_jsonl
@@ -39,13 +41,15 @@ def finalize(cfg, out: StoragePath) -> dict:
     rdir = run_dir(cfg)
     final_tmp, samples_tmp, data_tmp = out / "final.tmp", rdir / "samples.tmp", rdir / "data.tmp"
     counts = write_outputs(cfg, paths, plan, dups_ref, final_tmp, samples_tmp, data_tmp)
-    stats = funnel(sum_counts(counts["stats"]))
+    stats = funnel(sum_counts(counts["stats"]), OmegaConf.to_container(cfg.sdg.fanout, resolve=True))
     seconds = (read_json(out / "timing.json") or {}).get("generation_seconds")
     if seconds is not None:
         stats["total"]["seconds"] = round(seconds, 3)
     for name in TRAINING_DATASETS:
         (data_tmp / name).mkdir(parents=True, exist_ok=True)
-    (data_tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe(cfg, counts["phases"], stats), sort_keys=False))
+    mixing = plan_datasets(cfg, data_tmp)  # per-leaf sampling of each training dataset, or None
+    (data_tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe(cfg, counts["phases"], stats, mixing),
+                                                         sort_keys=False))
     (data_tmp / "stats.json").write_text(json.dumps(stats, indent=1))
     replace_dir(final_tmp, out / "final")
     replace_dir(samples_tmp, rdir / "samples")
@@ -93,8 +97,9 @@ def write_outputs(cfg, paths, plan: dict, dups_ref, final_dir: StoragePath, samp
             "stats": [c for r in counts for c in json.loads(r["stats"])]}
 
 
-def recipe(cfg, phase_counts: list[dict], stats: dict) -> dict:
-    """What feeds each training dataset, with the counts actually written."""
+def recipe(cfg, phase_counts: list[dict], stats: dict, mixing: dict | None = None) -> dict:
+    """What feeds each training dataset, with the counts actually written, and (with
+    sdg.mixing rules) how many samples of each leaf training takes (lab_ray.sdg.mixing)."""
     out = {"taxonomy": str(cfg.taxonomy.path), "teacher": cfg.teacher.model, "phases": {}}
     for name in TRAINING_DATASETS:
         rows = [c for c in phase_counts if c["phase"] == name]
@@ -102,6 +107,8 @@ def recipe(cfg, phase_counts: list[dict], stats: dict) -> dict:
         out["phases"][name] = {"path": f"data/{name}", "branches": BRANCHES[name], "samples": n,
                                "short": short, "long": n - short}
     out["leaves"] = {leaf: s["kept"] for leaf, s in stats["leaves"].items()}
+    if mixing:
+        out["mixing"] = mixing
     return out
 
 
@@ -153,5 +160,6 @@ def _write_shard_outputs(batch, dups, final_dir: str, samples_dir: str, data_dir
         if len(kept):
             _write_parquet(kept, samples_dir)
             phases = write_jsonl(kept, data_dir, long_words).to_dict("records")
-        stats = block_counts(batch[[*GROUP_KEYS, *COUNT_KEYS[1:]]]).to_dict("records")
+        cols = [c for c in (*GROUP_KEYS, "item_path", *COUNT_KEYS[1:]) if c in batch.columns]
+        stats = block_counts(batch[cols]).to_dict("records")
     return pd.DataFrame({"phases": [json.dumps(phases, default=int)], "stats": [json.dumps(stats, default=int)]})

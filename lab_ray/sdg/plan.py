@@ -16,8 +16,9 @@ from omegaconf import OmegaConf
 from lab_ray.embedded_model import resolve_model
 from lab_ray.errors import ConfigError, LabRayError
 from lab_ray.prompts import load_prompt
+from lab_ray.sdg.mixing import rules_from_config
 from lab_ray.sdg.personas import load_personas
-from lab_ray.sdg.stages import PROMPT_NAMES
+from lab_ray.sdg.stages import PROMPT_NAMES, check_fanout
 from lab_ray.sdg.tasks import LeafSpec, id_plan, leaf_spec
 from lab_ray.storage import atomic_write_json
 from lab_ray.taxonomy.diff import changed_leaves
@@ -35,7 +36,13 @@ class Plan:
 
     @property
     def total(self) -> int:
+        """Candidate rows (requests x fan-out)."""
         return sum(s.quota for s in self.specs)
+
+    @property
+    def requests(self) -> int:
+        """Tasks: one first-stage teacher request each."""
+        return sum(s.requests for s in self.specs)
 
     def spec_dicts(self) -> dict[str, dict]:
         return {s.leaf: s.to_dict() for s in self.specs}
@@ -109,6 +116,8 @@ def build_plan(cfg) -> list[LeafSpec]:
     personas = load_personas(cfg.sdg.prompts_dir)
     for name in PROMPT_NAMES:
         load_prompt(name, cfg.sdg.prompts_dir)  # fail early on a broken prompt file
+    check_fanout(OmegaConf.to_container(cfg.sdg.fanout) if cfg.sdg.get("fanout") is not None else None)
+    rules_from_config(cfg.sdg.mixing)  # a bad mixing rule fails now, not after generation
     tokenizer = teacher_tokenizer(cfg) if any(leaf.is_knowledge for leaf in tax.leaves) else None
     if tokenizer is not None:  # some leaf is a knowledge leaf
         check_chunks_fit(cfg)
@@ -123,6 +132,7 @@ def make_plan(cfg, out) -> Plan:
     """The plan of this run, recorded in out/plan.json."""
     specs = build_plan(cfg)
     plan = Plan(specs, id_plan(specs, int(cfg.sdg.examples_per_prompt)))
-    atomic_write_json(out / "plan.json", {"tasks": plan.total, "leaves": {s.leaf: s.quota for s in specs},
+    atomic_write_json(out / "plan.json", {"tasks": plan.requests, "rows": plan.total,
+                                          "leaves": {s.leaf: s.quota for s in specs},
                                           "ids": plan.ids, "config": OmegaConf.to_container(cfg.sdg, resolve=True)})
     return plan

@@ -32,7 +32,8 @@ import pandas as pd
 
 from lab_ray.durations import hms as _hms
 from lab_ray.sdg.stats import COUNT_KEYS, GROUP_KEYS, block_counts, funnel
-from lab_ray.sdg.stages import stages_for
+from lab_ray.sdg.stages import stage_kinds, stages_for
+from lab_ray.sdg.tasks import quota_rows
 from lab_ray.sdg.writer import shard_files
 from lab_ray.storage import StoragePath, atomic_write_json
 
@@ -104,7 +105,10 @@ def batch_delta(stage: str, before: pd.DataFrame, out: pd.DataFrame, n_live: int
     def tokens(df, col):
         return int(df[col].sum()) if col in df.columns else 0
 
-    return {"in": n_live, "kept": n_live - len(here), "dropped": dropped,
+    # Kept: the rows of the stage's kinds still ok after it (a fan-out stage makes several of one).
+    kinds = stage_kinds(stage)
+    kept = int(((out["status"] == "ok") & out["kind"].isin(kinds)).sum()) if kinds else n_live - len(here)
+    return {"in": n_live, "kept": kept, "dropped": dropped,
             "prompt_tokens": tokens(out, "prompt_tokens") - tokens(before, "prompt_tokens"),
             "completion_tokens": tokens(out, "completion_tokens") - tokens(before, "completion_tokens")}
 
@@ -190,10 +194,11 @@ class GenerationProgress:
         self.flush_s = min(1.0, self.interval / 2)
         self.quotas = {s.leaf: int(s.quota) for s in plan.specs}
         self.kinds = {s.leaf: s.kind for s in plan.specs}
+        self.fanout = dict(cfg.sdg.get("fanout") or {})
         self.total = sum(self.quotas.values())
         self.stage_names = [s.stage for s in stages_for(set(self.kinds.values()))]
         self.leaves = {leaf: {"done": 0, "kept": 0} for leaf in self.quotas}
-        resumed = resumed_counts(shard_files(resume_from)) if resume_from else {}
+        resumed = resumed_counts(shard_files(resume_from), self.fanout) if resume_from else {}
         for leaf, c in resumed.items():
             if leaf in self.leaves:
                 self.leaves[leaf] = {"done": min(c.get("done", 0), self.quotas[leaf]),
@@ -232,10 +237,11 @@ class GenerationProgress:
             for rec in zip(*(df[k].tolist() for k in (*GROUP_KEYS, *COUNT_KEYS))):
                 key, counts = rec[:len(GROUP_KEYS)], rec[len(GROUP_KEYS):]
                 leaf, status, rows = str(key[0]), key[2], int(counts[0])
+                quota_part = rows * quota_rows(str(key[1]), int(key[5] or 0), self.fanout)
                 c = self.leaves.setdefault(leaf, {"done": 0, "kept": 0})
-                c["done"] += rows
+                c["done"] += quota_part
                 c["kept"] += rows if status == "ok" else 0
-                self.this_pass += rows
+                self.this_pass += quota_part
                 g = self.groups.setdefault(key, [0] * len(COUNT_KEYS))
                 for i, n in enumerate(counts):
                     g[i] += int(n or 0)
@@ -296,7 +302,7 @@ class GenerationProgress:
         with self._lock:
             groups = [{**dict(zip(GROUP_KEYS, k)), **dict(zip(COUNT_KEYS, v))} for k, v in self.groups.items()]
         out: dict[str, dict] = {}
-        for leaf in funnel(groups)["leaves"].values():
+        for leaf in funnel(groups, self.fanout)["leaves"].values():
             for st in leaf["stages"]:
                 if st["stage"] == "dedup":
                     continue
@@ -416,16 +422,22 @@ def progress_table(snap: dict, max_leaves: int = 15):
     return Group(stages, leaves)
 
 
-def resumed_counts(shard_files: list[str]) -> dict[str, dict]:
-    """Rows done and kept per leaf in complete shards (a resume's starting point; two columns read)."""
-    from lab_ray.sdg.writer import read_parquet
+def resumed_counts(shard_files: list[str], fanout: dict | None = None) -> dict[str, dict]:
+    """Quota rows done and rows kept per leaf in complete shards (a resume's starting point;
+    a few columns read). A row dropped before a fan-out counts for the children it never had."""
+    from lab_ray.sdg.stats import fanout_depth
+    from lab_ray.sdg.writer import parquet_columns, read_parquet
 
     out: dict[str, dict] = {}
     for f in shard_files:
-        t = read_parquet(f, ["leaf", "status"]).to_pandas()
-        for (leaf, status), n in t.groupby(["leaf", "status"]).size().items():
+        names = set(parquet_columns(f))
+        t = read_parquet(f, [c for c in ("leaf", "kind", "status", "item_path") if c in names]).to_pandas()
+        t["depth"] = fanout_depth(t["item_path"]) if "item_path" in t else 0
+        if "kind" not in t:
+            t["kind"] = ""
+        for (leaf, kind, status, depth), n in t.groupby(["leaf", "kind", "status", "depth"]).size().items():
             c = out.setdefault(str(leaf), {"done": 0, "kept": 0})
-            c["done"] += int(n)
+            c["done"] += int(n) * quota_rows(str(kind), int(depth), fanout or {})
             c["kept"] += int(n) if status == "ok" else 0
     return out
 

@@ -20,8 +20,8 @@ from lab_ray.sdg.limits import task_pool
 from lab_ray.sdg.plan import Plan, make_plan
 from lab_ray.sdg.progress import GenerationProgress
 from lab_ray.sdg.stages import stages_for
-from lab_ray.sdg.tasks import expand, planned_ids, ranges
-from lab_ray.sdg.writer import ShardWriter, done_ids
+from lab_ray.sdg.tasks import expand, planned_ids, ranges, task_shares
+from lab_ray.sdg.writer import ShardWriter, stored_rows
 from lab_ray.storage import StoragePath, atomic_write_json, read_json, run_dir
 
 
@@ -38,16 +38,16 @@ def run_generation(cfg, teacher_spec: dict) -> GenerateResult:
     out = run_dir(cfg) / "sdg"
     shards = prepare_shard_dir(out / "shards")
     plan = make_plan(cfg, out)
-    done = done_ids(shards)
-    resumed = count_done(plan, done)
-    if resumed < plan.total:
+    stored = Stored.of(shards, plan)
+    resumed = count_done(plan, stored.done_tasks)
+    if resumed < plan.requests:
         sdg = OmegaConf.to_container(cfg.sdg, resolve=True)
         calibration = load_or_calibrate(out / "calibration.json", list(plan.spec_dicts().values()), teacher_spec, sdg)
         started = time.time()
-        generate_shards(cfg, plan, done, teacher_spec, calibration, shards)
+        generate_shards(cfg, plan, stored, teacher_spec, calibration, shards)
         add_generation_seconds(out, time.time() - started)
     stats = finalize(cfg, out)
-    return GenerateResult(run_dir(cfg), plan.total, resumed, stats)
+    return GenerateResult(run_dir(cfg), plan.requests, resumed, stats)
 
 
 def prepare_shard_dir(shards: StoragePath) -> StoragePath:
@@ -57,24 +57,52 @@ def prepare_shard_dir(shards: StoragePath) -> StoragePath:
     return shards
 
 
+@dataclass
+class Stored:
+    """What complete shards already hold: tasks with every row stored, and the stored row ids
+    of tasks a kill cut between two shards (redone on resume, their stored rows not rewritten)."""
+
+    done_tasks: set[str] = field(default_factory=set)
+    partial_rows: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, shards: StoragePath, plan: Plan) -> "Stored":
+        shares: dict[str, float] = {}
+        child_rows: dict[str, list[str]] = {}  # fan-out rows per task: only these can be partial
+        for rows in stored_rows(shards):
+            for tid, share in task_shares(rows, plan.ids).items():
+                shares[tid] = shares.get(tid, 0.0) + share
+            if "item_path" in rows:
+                part = rows[rows["item_path"] != ""]
+                for tid, rid in zip(part["task_id"].tolist(), part["id"].tolist()):
+                    child_rows.setdefault(tid, []).append(rid)
+        done = {t for t, s in shares.items() if s > 1 - 1e-6}
+        partial = {rid for t, ids in child_rows.items() if t not in done for rid in ids}
+        return cls(done, partial)
+
+    def __bool__(self) -> bool:
+        return bool(self.done_tasks or self.partial_rows)
+
+
 def count_done(plan: Plan, done: set[str]) -> int:
     """Tasks of this plan already in complete shards (a rerun may select other leaves or quotas)."""
     return sum(i in done for i in planned_ids(plan.ids)) if done else 0
 
 
-class SkipDone:
-    """Drops tasks whose row is already in a complete shard (resume)."""
+class SkipIds:
+    """Drops rows whose id is in a set: tasks already done (before the stages), and rows of
+    partly stored tasks that are already stored (before the writer)."""
 
-    def __init__(self, done_ref):
+    def __init__(self, ids_ref):
         import ray
 
-        self.done = ray.get(done_ref[0])
+        self.ids = ray.get(ids_ref[0])
 
     def __call__(self, batch):
-        return batch[~batch["id"].isin(self.done)]
+        return batch[~batch["id"].isin(self.ids)]
 
 
-def generate_shards(cfg, plan: Plan, done: set[str], teacher_spec: dict, calibration: dict,
+def generate_shards(cfg, plan: Plan, stored: Stored, teacher_spec: dict, calibration: dict,
                     shards: StoragePath) -> None:
     """Tasks -> every stage the plan's leaves need -> Parquet shards (one streaming Ray Data pass)."""
     import ray
@@ -82,7 +110,7 @@ def generate_shards(cfg, plan: Plan, done: set[str], teacher_spec: dict, calibra
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # lab-ray's own progress instead (sdg/progress.py)
     ctx.execution_options.verbose_progress = False
-    progress = GenerationProgress(cfg, plan, shards.parent, resume_from=shards if done else None)
+    progress = GenerationProgress(cfg, plan, shards.parent, resume_from=shards if stored else None)
     specs_ref = ray.put(plan.spec_dicts())
     k = int(cfg.sdg.examples_per_prompt)
 
@@ -92,8 +120,8 @@ def generate_shards(cfg, plan: Plan, done: set[str], teacher_spec: dict, calibra
     descriptors = ranges(plan.specs)
     ds = ray.data.from_items(descriptors, override_num_blocks=max(1, min(len(descriptors), 200)))
     ds = ds.flat_map(expand_range, num_cpus=0.1, compute=task_pool())
-    if done:
-        ds = ds.map_batches(SkipDone, fn_constructor_args=([ray.put(done)],), batch_format="pandas",
+    if stored.done_tasks:
+        ds = ds.map_batches(SkipIds, fn_constructor_args=([ray.put(stored.done_tasks)],), batch_format="pandas",
                             compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05)
     sdg = OmegaConf.to_container(cfg.sdg, resolve=True)
     # Two calls in flight per actor: one batch's requests wait on the teacher while the next is prepared.
@@ -102,6 +130,9 @@ def generate_shards(cfg, plan: Plan, done: set[str], teacher_spec: dict, calibra
         ds = ds.map_batches(progress.counted(stage_cls), fn_constructor_args=(teacher_spec, sdg, calibration),
                             batch_size=cfg.sdg.batch_size, batch_format="pandas", compute=pool,
                             num_cpus=0.05, memory=int(cfg.sdg.actor_memory_mb) * 2**20)
+    if stored.partial_rows:
+        ds = ds.map_batches(SkipIds, fn_constructor_args=([ray.put(stored.partial_rows)],), batch_format="pandas",
+                            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.05)
     ds = ds.map_batches(progress.counted_writer(ShardWriter), fn_constructor_args=(str(shards),), batch_format="pandas",
                         batch_size=max(cfg.sdg.batch_size, 64), compute=ray.data.ActorPoolStrategy(size=1),
                         num_cpus=0.05)

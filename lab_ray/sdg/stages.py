@@ -17,13 +17,16 @@ templates and `apply` to its declaration.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import pandas as pd
 
+from lab_ray.errors import ConfigError
 from lab_ray.prompts import MemoRenderer, load_prompt
 from lab_ray.sdg.columns import ANSWER, CONTEXT, QUESTION, Column, add_missing, score_col, row_schema, typed
 from lab_ray.sdg.parsing import clean_single, parse_tagged
+from lab_ray.sdg.tasks import child_id
 from lab_ray.teacher.client import make_teacher
 
 SKILL_KINDS = ("grounded", "freeform")
@@ -162,8 +165,105 @@ class JudgeStage(TeacherStage):
             self.drop(row, "judged_out", f"raw={raw:.3f}" + ("" if cal is None else f" calibrated={cal:.2f}"))
 
 
+class FanOutStage(TeacherStage):
+    """A generation stage that asks once for `width` completions (`n` on the request) and
+    turns each live row into `width` rows, one per completion: the prompt is paid once.
+
+    A child's id is `tasks.child_id(parent id, stage, index)`, its `item_path` the parent's
+    plus its index, and it carries an even split of the parent's teacher tokens (so sums stay
+    exact). A failed request drops the parent row alone; a malformed or repeated completion
+    drops only its own child. Every live parent gets exactly `width` children (missing
+    completions are dropped children), so a task's rows are known on resume.
+    """
+
+    @classmethod
+    def width_for(cls, fanout: dict | None) -> int:
+        return int((fanout or {}).get(cls.stage, 1))
+
+    @property
+    def width(self) -> int:
+        return self.width_for(self.sdg.get("fanout"))
+
+    def generate(self, row: dict, max_tokens: int) -> tuple[str, dict]:
+        kind, body = super().generate(row, max_tokens)
+        if self.width > 1:
+            body["n"] = self.width
+        return kind, body
+
+    def distinct_key(self, row: dict) -> str | None:
+        """What makes two sibling rows the same sample (None: no sibling check)."""
+        return None
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        if self.width <= 1:
+            return super().__call__(batch)
+        batch = add_missing(batch, self.schema)
+        cols = list(batch.columns)
+        rows = [dict(zip(cols, values)) for values in zip(*(batch[c].tolist() for c in cols))]
+        live = [i for i, r in enumerate(rows) if r["status"] == "ok" and self.applies(r)]
+        self._check_next = True
+        replies = self.teacher.run_many([self.request(rows[i]) for i in live]) if live else []
+        children: dict[int, list[dict]] = {}
+        for i, reply in zip(live, replies):
+            parent = rows[i]
+            parent["prompt_tokens"] += reply.prompt_tokens
+            parent["completion_tokens"] += reply.completion_tokens
+            if not reply.ok:
+                reason = "unparsable" if reply.error == "unparsable" else "teacher_error"
+                self.drop(parent, reason, f"{reply.error}: {reply.detail or ''}"[:300])
+                continue
+            children[i] = self.fan_out(parent, reply)
+        out = [c for i, r in enumerate(rows) for c in children.get(i, [r])]
+        frame = pd.DataFrame({c: [r[c] for r in out] for c in cols}, columns=batch.columns)
+        return typed(frame, self.schema)
+
+    def fan_out(self, parent: dict, reply) -> list[dict]:
+        w = self.width
+        prompt, completion = _split(parent["prompt_tokens"], w), _split(parent["completion_tokens"], w)
+        seen: set[str] = set()
+        kids = []
+        for j in range(w):
+            child = dict(parent, id=child_id(parent["id"], self.stage, j),
+                         item_path=f"{parent['item_path']}.{j}" if parent["item_path"] else str(j),
+                         prompt_tokens=prompt[j], completion_tokens=completion[j])
+            kids.append(child)
+            if j >= len(reply.texts):
+                self.drop(child, "teacher_error", f"the teacher returned {len(reply.texts)} of {w} completions")
+                continue
+            try:
+                self.apply(child, dataclasses.replace(reply, texts=[reply.texts[j]],
+                                                      logprobs=reply.logprobs[j:j + 1]))
+            except (ValueError, KeyError, TypeError) as e:
+                self.drop(child, "unparsable", f"{type(e).__name__}: {e}"[:300])
+            if child["status"] == "ok" and (key := self.distinct_key(child)) is not None:
+                if key in seen:
+                    self.drop(child, "duplicate", "repeats a sibling completion of the same request")
+                seen.add(key)
+        return kids
+
+
+def _split(total: int, n: int) -> list[int]:
+    """`total` in n integer parts that sum to it (the first ones one larger)."""
+    q, r = divmod(int(total), n)
+    return [q + (j < r) for j in range(n)]
+
+
+def _norm(text: str) -> str:
+    return " ".join(str(text).casefold().split())
+
+
+def check_fanout(fanout: dict | None) -> None:
+    """sdg.fanout names fan-out stages and positive widths; anything else is a config error."""
+    names = [s.stage for s in PIPELINE if issubclass(s, FanOutStage)]
+    for stage, width in (fanout or {}).items():
+        if stage not in names:
+            raise ConfigError(f"sdg.fanout.{stage}: not a fan-out stage (fan-out stages: {', '.join(names)})")
+        if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= 64:
+            raise ConfigError(f"sdg.fanout.{stage}={width!r}: a width is a whole number of completions, 1 to 64")
+
+
 # -- skills -------------------------------------------------------------------
-class GenerateContext(TeacherStage):
+class GenerateContext(FanOutStage):
     """Grounded skills: a new passage for the task, like the seeds' contexts.
 
     Input columns: task_description, examples.  Output columns: context.
@@ -182,8 +282,11 @@ class GenerateContext(TeacherStage):
             return self.drop(row, "unparsable", reply.text[:200])
         row["context"] = text
 
+    def distinct_key(self, row):
+        return _norm(row["context"])
 
-class GenerateInstruction(TeacherStage):
+
+class GenerateInstruction(FanOutStage):
     """A new instruction of the leaf's kind, from its rotated seed examples.
 
     Input columns: task_description, context, examples.  Output columns: question.
@@ -204,6 +307,9 @@ class GenerateInstruction(TeacherStage):
         if text.casefold() in examples:  # a copy of a seed is not new data
             return self.drop(row, "duplicate", "copy of an in-context example")
         row["question"] = text
+
+    def distinct_key(self, row):
+        return _norm(row["question"])
 
 
 class JudgeInstruction(JudgeStage):
@@ -261,7 +367,7 @@ class JudgePair(JudgeStage):
 
 
 # -- knowledge ----------------------------------------------------------------
-class GenerateKnowledgeQA(TeacherStage):
+class GenerateKnowledgeQA(FanOutStage):
     """A question and its answer grounded in the row's document chunk.
 
     Input columns: domain, context, examples.  Output columns: question, answer.
@@ -279,6 +385,9 @@ class GenerateKnowledgeQA(TeacherStage):
         if not items:
             return self.drop(row, "unparsable", reply.text[:200])
         row["question"], row["answer"] = items[0]["question"], items[0]["answer"]
+
+    def distinct_key(self, row):
+        return _norm(row["question"])
 
 
 class JudgeFaithfulness(JudgeStage):
@@ -336,6 +445,17 @@ def with_row_columns(df: pd.DataFrame) -> pd.DataFrame:
 def stages_for(kinds: set[str]) -> list[type[TeacherStage]]:
     """The stages some row of these kinds passes through, in flow order (no idle actor pools)."""
     return [s for s in PIPELINE if kinds & set(s.kinds)]
+
+
+def fanout_width(stage: str, fanout: dict | None) -> int:
+    """The fan-out width of a stage by name (1: not a fan-out stage, or none configured)."""
+    cls = next((s for s in PIPELINE if s.stage == stage), None)
+    return cls.width_for(fanout) if cls is not None and issubclass(cls, FanOutStage) else 1
+
+
+def stage_kinds(stage: str) -> tuple[str, ...]:
+    cls = next((s for s in PIPELINE if s.stage == stage), None)
+    return cls.kinds if cls is not None else ()
 
 
 def stage_order(kind: str) -> list[str]:

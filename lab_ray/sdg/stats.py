@@ -13,14 +13,21 @@ import pandas as pd
 
 from lab_ray.sdg.stages import stage_order
 
-GROUP_KEYS = ("leaf", "kind", "status", "drop_stage", "drop_reason")
+GROUP_KEYS = ("leaf", "kind", "status", "drop_stage", "drop_reason", "depth")
 COUNT_KEYS = ("rows", "prompt_tokens", "completion_tokens")
 
 
+def fanout_depth(item_path: pd.Series) -> pd.Series:
+    """Fan-outs a row went through: 0 for a task row, 1 for "2", 2 for "0.3"."""
+    path = item_path.fillna("").astype(str)
+    return (path.str.count(r"\.") + 1).where(path != "", 0)
+
+
 def block_counts(batch: pd.DataFrame) -> pd.DataFrame:
-    """Rows and teacher tokens per (leaf, kind, status, drop stage, drop reason) of one block."""
+    """Rows and teacher tokens per (leaf, kind, status, drop stage, drop reason, fan-out depth) of one block."""
     if not len(batch):
         return pd.DataFrame({k: [] for k in (*GROUP_KEYS, *COUNT_KEYS)})
+    batch = batch.assign(depth=fanout_depth(batch["item_path"]) if "item_path" in batch else 0)
     g = batch.groupby(list(GROUP_KEYS), dropna=False, sort=False)
     return g.agg(rows=("status", "size"), prompt_tokens=("prompt_tokens", "sum"),
                  completion_tokens=("completion_tokens", "sum")).reset_index()
@@ -37,8 +44,12 @@ def sum_counts(partial: list[dict]) -> list[dict]:
             for k, v in sorted(totals.items(), key=lambda kv: tuple(str(x) for x in kv[0]))]
 
 
-def funnel(groups: list[dict]) -> dict:
-    """Per leaf and stage: rows in, kept, dropped by reason; tokens per leaf."""
+def funnel(groups: list[dict], fanout: dict | None = None) -> dict:
+    """Per leaf and stage: rows in, kept, dropped by reason; tokens per leaf.
+
+    Counts are in rows at that stage: a fan-out stage of width n takes `in` rows and makes
+    n of each live one, so (in - rows it dropped whole) x n = kept + children it dropped.
+    A row records its fan-out depth, so whole-row and child drops are told apart."""
     leaves: dict[str, dict] = {}
     for g in groups:
         leaf = leaves.setdefault(g["leaf"], {"kind": g["kind"], "rows": 0, "kept": 0, "dropped": {},
@@ -51,16 +62,10 @@ def funnel(groups: list[dict]) -> dict:
             leaf["kept"] += n
         else:
             leaf["dropped"][g["drop_reason"]] = leaf["dropped"].get(g["drop_reason"], 0) + n
-            by = leaf["_by_stage"].setdefault(g["drop_stage"], {})
+            by = leaf["_by_stage"].setdefault((g["drop_stage"], int(g.get("depth") or 0)), {})
             by[g["drop_reason"]] = by.get(g["drop_reason"], 0) + n
     for leaf in leaves.values():
-        remaining, stages = leaf["rows"], []
-        for stage in stage_order(leaf["kind"]):
-            dropped = leaf["_by_stage"].get(stage, {})
-            d = sum(dropped.values())
-            stages.append({"stage": stage, "in": remaining, "kept": remaining - d, "dropped": dropped})
-            remaining -= d
-        leaf["stages"] = stages
+        leaf["stages"] = _stage_counts(leaf["kind"], leaf["_by_stage"], leaf["rows"], fanout)
         del leaf["_by_stage"]
     total = {k: sum(v[k] for v in leaves.values()) for k in ("rows", "kept", "prompt_tokens", "completion_tokens")}
     reasons: dict[str, int] = {}
@@ -69,3 +74,37 @@ def funnel(groups: list[dict]) -> dict:
             reasons[r] = reasons.get(r, 0) + n
     total["dropped"] = reasons
     return {"leaves": dict(sorted(leaves.items())), "total": total, "written_at": time.time()}
+
+
+def _stage_counts(kind: str, by_stage: dict, rows: int, fanout: dict | None) -> list[dict]:
+    """Walk the stages backwards from the final rows: rows into a stage = rows out of it plus
+    what it dropped; before a fan-out of width n, (rows out + children dropped) / n parents
+    were expanded, plus the parents it dropped whole."""
+    from lab_ray.sdg.stages import fanout_width
+
+    order = stage_order(kind)
+    depth = sum(fanout_width(s, fanout) > 1 for s in order)
+    out, stages = rows - sum(sum(d.values()) for d in by_stage.values()), []
+    for stage in reversed(order):
+        w = fanout_width(stage, fanout)
+        if w > 1:
+            children = by_stage.get((stage, depth), {})
+            whole = by_stage.get((stage, depth - 1), {})
+            made = out + sum(children.values())
+            into = made // w + sum(whole.values())
+            dropped = _add(children, whole)
+            stages.append({"stage": stage, "in": into, "kept": out, "dropped": dropped, "fanout": w})
+            depth -= 1
+        else:
+            dropped = by_stage.get((stage, depth), {})
+            into = out + sum(dropped.values())
+            stages.append({"stage": stage, "in": into, "kept": out, "dropped": dropped})
+        out = into
+    return stages[::-1]
+
+
+def _add(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + v
+    return out

@@ -3,8 +3,9 @@
 During generation every batch that has passed all stages is written as one
 Parquet shard under `sdg/shards/` of the run's storage (local or an object
 store), atomically (lab_ray.storage), so a kill at any moment leaves either
-a whole shard or nothing that is ever read. Each task has exactly one row (kept or dropped) in
-exactly one shard, so the ids in the shards are the work already done.
+a whole shard or nothing that is ever read. Every row (kept or dropped) is in exactly one shard;
+a task is done when all its rows are stored (one row, or every child of a fan-out: see
+tasks.task_shares), so the shards say what work is already done.
 """
 
 from __future__ import annotations
@@ -56,11 +57,15 @@ def parquet_bytes(df: pd.DataFrame) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def done_ids(shard_dir) -> set[str]:
-    ids: set[str] = set()
-    for f in shard_files(shard_dir):  # only the id column is read
-        ids.update(read_parquet(f, ["id"]).column("id").to_pylist())
-    return ids
+RESUME_COLUMNS = ("leaf", "id", "task_id", "item_path")
+
+
+def stored_rows(shard_dir):
+    """Per complete shard, the columns that say which task each stored row belongs to (shards
+    written before fan-out existed have no task_id / item_path: every row is its own task)."""
+    for f in shard_files(shard_dir):
+        names = set(parquet_columns(f))
+        yield read_parquet(f, [c for c in RESUME_COLUMNS if c in names]).to_pandas()
 
 
 def message_record(r: dict, long_words: int) -> dict:

@@ -85,8 +85,10 @@ class InstantTeacher:
     """Well-formed deterministic replies for every SDG stage, with no model behind them."""
 
     def __init__(self, words: int = 12, latency_s: float = 0.0, reject_fraction: float = 0.0,
-                 repeat_fraction: float = 0.0, log_dir: str | None = None):
+                 repeat_fraction: float = 0.0, malformed_item_fraction: float = 0.0, log_dir: str | None = None):
         self.words = int(words)
+        # Of the n completions of a request (n > 1), this share are garbage no stage can parse.
+        self.malformed_item_fraction = float(malformed_item_fraction)
         self.latency_s = float(latency_s)  # per run_many call: lets a test catch a run part-way
         self.reject_fraction = float(reject_fraction)
         self.repeat_fraction = float(repeat_fraction)
@@ -131,16 +133,24 @@ class InstantTeacher:
         return TeacherReply(False, error="client_error", detail=f"unknown call {kind!r}"), "error"
 
     def chat(self, kwargs: dict, digest: bytes) -> TeacherReply:
+        """`n` completions (n on the request, as the OpenAI API): the prompt is counted once."""
         messages = kwargs.get("messages") or [{"role": "user", "content": str(kwargs.get("prompt", ""))}]
-        rng = random.Random(int.from_bytes(digest[:8], "big"))
-        n = max(3, min(self.words, int(kwargs.get("max_tokens") or self.words)))
-        if _is_tagged(messages):
-            q, a = _words(rng, n), _words(rng, n)
-            text = f"[Question] {' '.join(q).capitalize()}?\n[Answer] {' '.join(a).capitalize()}.\n[End]"
-        else:
-            text = " ".join(_words(rng, n)).capitalize() + "."
-        return TeacherReply(True, [text], prompt_tokens=_prompt_tokens(messages),
-                            completion_tokens=len(text.split()), attempts=1)
+        tagged = _is_tagged(messages)
+        texts = []
+        for i in range(max(1, int(kwargs.get("n") or 1))):
+            item = digest if i == 0 else hashlib.sha256(digest + f"/{i}".encode()).digest()
+            if i > 0 and unit(item, "malformed") < self.malformed_item_fraction:
+                texts.append((TAGGED_GARBAGE if tagged else PLAIN_GARBAGE)[i % 2])
+                continue
+            rng = random.Random(int.from_bytes(item[:8], "big"))
+            n = max(3, min(self.words, int(kwargs.get("max_tokens") or self.words)))
+            if tagged:
+                q, a = _words(rng, n), _words(rng, n)
+                texts.append(f"[Question] {' '.join(q).capitalize()}?\n[Answer] {' '.join(a).capitalize()}.\n[End]")
+            else:
+                texts.append(" ".join(_words(rng, n)).capitalize() + ".")
+        return TeacherReply(True, texts, prompt_tokens=_prompt_tokens(messages),
+                            completion_tokens=sum(len(t.split()) for t in texts), attempts=1)
 
     def choose(self, kwargs: dict, digest: bytes) -> TeacherReply:
         choices = [str(c) for c in kwargs["choices"]]

@@ -43,6 +43,20 @@ def _files(ddir: StoragePath, sub: str) -> list[str]:
     return [str(p) for p in (ddir / sub).glob("*.jsonl")]
 
 
+def _mixing(cfg, ddir: StoragePath, sub: str, files: list[str]) -> tuple[dict | None, str]:
+    """The mixing selection for a training dataset from data/recipe.yaml (see
+    lab_ray.sdg.mixing), and whether it was used as written, replanned or absent."""
+    import yaml
+
+    from lab_ray.sdg.mixing import training_selection
+
+    path = ddir / "recipe.yaml"
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    block = ((recipe or {}).get("mixing") or {}).get(sub)
+    selection, _, how = training_selection(block, files, int(cfg.train.seed), float(cfg.train.heldout_fraction))
+    return selection, how
+
+
 def _datasets(cfg, phase: str, model_dir: str):
     from lab_ray.train.tokenize import tokenized_dataset
 
@@ -54,7 +68,8 @@ def _datasets(cfg, phase: str, model_dir: str):
     files = _files(ddir, sub)
     if not files:
         return None, None, {"rows": 0}
-    tok = tokenized_dataset(files, length=length, **common)
+    selection, how = _mixing(cfg, ddir, sub, files)
+    tok = tokenized_dataset(files, length=length, selection=selection, **common)
     # One streaming pass for the counts (a shuffle-based aggregate costs far more here).
     stats = {"rows": 0, "dropped_over_length": 0, "tokens": 0, "label_tokens": 0}
     cols = ["num_tokens", "over_length", "num_label_tokens"]
@@ -64,9 +79,13 @@ def _datasets(cfg, phase: str, model_dir: str):
         stats["tokens"] += int(b["num_tokens"].sum())
         stats["label_tokens"] += int(b["num_label_tokens"].sum())
     stats["kept"] = stats["rows"] - stats["dropped_over_length"]
+    stats["mixing"] = how
     replay_ds = None
-    if replay and pc.replay_ratio > 0 and _files(ddir, replay[0]):
-        replay_ds = tokenized_dataset(_files(ddir, replay[0]), length=replay[1], **common).filter(expr="over_length == 0")
+    if replay and pc.replay_ratio > 0 and (rfiles := _files(ddir, replay[0])):
+        # the replay buffer follows its own dataset's recipe too (a capped leaf stays capped)
+        rsel, _ = _mixing(cfg, ddir, replay[0], rfiles)
+        replay_ds = tokenized_dataset(rfiles, length=replay[1], selection=rsel, **common).filter(
+            expr="over_length == 0")
     return tok.filter(expr="over_length == 0"), replay_ds, stats
 
 

@@ -101,16 +101,26 @@ def _plain(x: Any) -> Any:
 
 
 def tokenize_batch(batch: pd.DataFrame, *, model_dir: str, max_seq_len: int, seed: int, heldout_fraction: float,
-                   split: str = "train", length: str = "", train_on_user_kinds: tuple = ()) -> pd.DataFrame:
-    """Ray Data map_batches fn: one output row per input row of the wanted split/length."""
+                   split: str = "train", length: str = "", train_on_user_kinds: tuple = (),
+                   selection: dict | None = None, round: int = 0) -> pd.DataFrame:
+    """Ray Data map_batches fn: one output row per input row of the wanted split/length.
+
+    Training split with a mixing selection (lab_ray.sdg.mixing): pass `round` j keeps the
+    rows the recipe uses more than j times, so passes 0..max_repeats-1 give each row its
+    copies, a whole pass apart (never side by side in one packing window)."""
+    from lab_ray.sdg.mixing import copies
+
     tok = load_tokenizer(model_dir)
-    out: dict[str, list] = {k: [] for k in ("id", "kind", "input_ids", "targets", "num_tokens", "num_label_tokens",
-                                          "over_length")}
+    out: dict[str, list] = {k: [] for k in ("id", "kind", "leaf", "input_ids", "targets", "num_tokens",
+                                          "num_label_tokens", "over_length")}
     for row_id, messages, meta in zip(batch["id"], batch["messages"], batch["metadata"]):
         meta = _plain(meta) or {}
         if length and meta.get("length") != length:
             continue
         if is_heldout(str(row_id), seed, heldout_fraction) != (split == "heldout"):
+            continue
+        leaf = str(meta.get("leaf") or "")
+        if (copies(str(row_id), leaf, selection) if split == "train" else 1) <= round:
             continue
         kind = str(meta.get("kind") or "")
         msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in _plain(messages)]
@@ -120,6 +130,7 @@ def tokenize_batch(batch: pd.DataFrame, *, model_dir: str, max_seq_len: int, see
         over = len(ids) > max_seq_len
         out["id"].append(str(row_id))
         out["kind"].append(kind)
+        out["leaf"].append(leaf)
         out["input_ids"].append(np.asarray(ids if not over else [], dtype=np.int32))
         out["targets"].append(np.asarray(targets if not over else [], dtype=np.int32))
         out["num_tokens"].append(len(ids))
@@ -129,12 +140,21 @@ def tokenize_batch(batch: pd.DataFrame, *, model_dir: str, max_seq_len: int, see
 
 
 def tokenized_dataset(paths: list[str], *, model_dir: str, max_seq_len: int, seed: int, heldout_fraction: float,
-                      split: str = "train", length: str = "", train_on_user_kinds=(), cpus: float = 0.25):
-    """Streaming Ray Dataset of tokenised rows (over-length rows still flagged, not dropped)."""
+                      split: str = "train", length: str = "", train_on_user_kinds=(), cpus: float = 0.25,
+                      selection: dict | None = None):
+    """Streaming Ray Dataset of tokenised rows (over-length rows still flagged, not dropped).
+
+    `selection`: the training split's mixing recipe (lab_ray.sdg.mixing.training_selection);
+    each row then appears as many times as the recipe uses it, one read of the shards per
+    repeat (a row is tokenised once per copy, as it would be for copies on disk)."""
     import ray.data
 
-    ds = ray.data.read_json(paths, file_extensions=["jsonl", "json"])
-    return ds.map_batches(
+    from lab_ray.sdg.mixing import max_repeats
+
+    rounds = max_repeats(selection) if split == "train" else 1
+    parts = [ray.data.read_json(paths, file_extensions=["jsonl", "json"]).map_batches(
         tokenize_batch, batch_format="pandas", batch_size=64, num_cpus=cpus,
         fn_kwargs=dict(model_dir=model_dir, max_seq_len=max_seq_len, seed=seed, heldout_fraction=heldout_fraction,
-                       split=split, length=length, train_on_user_kinds=tuple(train_on_user_kinds)))
+                       split=split, length=length, train_on_user_kinds=tuple(train_on_user_kinds),
+                       selection=selection, round=j)) for j in range(rounds)]
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])

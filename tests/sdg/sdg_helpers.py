@@ -53,20 +53,29 @@ def read_jsonl_dir(path: Path) -> list[dict]:
     return rows
 
 
-def check_run(run_dir: Path, quotas: dict[str, int], timed: bool = True) -> dict:
+def check_run(run_dir: Path, quotas: dict[str, int], timed: bool = True, fanout: dict | None = None) -> dict:
     """Everything a finished run must satisfy; returns the pieces for further asserts.
 
-    quotas: leaf -> expected number of tasks (rows) for that leaf.
+    quotas: leaf -> expected number of candidate rows for that leaf (without fan-out: tasks).
+    fanout: the run's sdg.fanout (a row dropped before a fan-out stands for all its children).
     """
-    from lab_ray.sdg.stages import stage_order
+    from lab_ray.sdg.stages import fanout_width, stage_order
+    from lab_ray.sdg.stats import fanout_depth
+    from lab_ray.sdg.tasks import quota_rows
 
     sdg = run_dir / "sdg"
     assert not list((sdg / "shards").glob("*.tmp")), "a partial shard was left behind"
     shards = read_parquet_dir(sdg / "shards")
-    # one row per task, every task exactly once
-    assert len(shards) == sum(quotas.values())
+    # every task's rows exactly once: the rows stand for exactly the quota
     assert shards["id"].is_unique
-    assert dict(Counter(shards["leaf"])) == quotas
+    shards["depth"] = fanout_depth(shards["item_path"]) if "item_path" in shards else 0
+    stands_for = [quota_rows(k, d, fanout or {}) for k, d in zip(shards["kind"], shards["depth"])]
+    got = Counter()
+    for leaf, n in zip(shards["leaf"], stands_for):
+        got[leaf] += n
+    assert dict(got) == quotas
+    if not fanout:
+        assert len(shards) == sum(quotas.values()) and dict(Counter(shards["leaf"])) == quotas
 
     final = read_parquet_dir(sdg / "final")
     assert len(final) == len(shards) and set(final["id"]) == set(shards["id"])
@@ -118,7 +127,7 @@ def check_run(run_dir: Path, quotas: dict[str, int], timed: bool = True) -> dict
     for leaf, s in stats["leaves"].items():
         rows = final[final["leaf"] == leaf]
         leaf_drops = rows[rows["status"] == "dropped"]
-        assert s["rows"] == quotas[leaf] == len(rows)
+        assert s["rows"] == len(rows)
         assert s["kept"] == int((rows["status"] == "ok").sum())
         assert s["dropped"] == dict(Counter(leaf_drops["drop_reason"]))
         assert s["kept"] + sum(s["dropped"].values()) == s["rows"]
@@ -126,15 +135,26 @@ def check_run(run_dir: Path, quotas: dict[str, int], timed: bool = True) -> dict
         # the funnel: in = kept + dropped at every stage, each stage's in is the previous kept
         stages = s["stages"]
         assert [st["stage"] for st in stages] == stage_order(s["kind"])
-        assert stages[0]["in"] == s["rows"] and stages[-1]["kept"] == s["kept"]
+        widths = [fanout_width(st["stage"], fanout) for st in stages]
+        product = 1
+        for w in widths:
+            product *= w
+        assert stages[0]["in"] == quotas[leaf] // product and stages[-1]["kept"] == s["kept"]
         for prev, st in zip(stages, stages[1:]):
             assert st["in"] == prev["kept"], (leaf, st)
-        for st in stages:
-            assert st["in"] == st["kept"] + sum(st["dropped"].values()), (leaf, st)
+        depth = 0
+        for st, w in zip(stages, widths):
             expect = leaf_drops[leaf_drops["drop_stage"] == st["stage"]]
             assert st["dropped"] == dict(Counter(expect["drop_reason"])), (leaf, st)
+            if w == 1:
+                assert st["in"] == st["kept"] + sum(st["dropped"].values()), (leaf, st)
+                continue
+            whole = int((fanout_depth(expect["item_path"]) == depth).sum())  # parents dropped whole
+            children = len(expect) - whole
+            assert (st["in"] - whole) * w == st["kept"] + children and st["fanout"] == w, (leaf, st)
+            depth += 1
     total = stats["total"]
-    assert total["rows"] == sum(quotas.values()) and total["kept"] == len(ok)
+    assert total["rows"] == len(final) and total["kept"] == len(ok)
     assert total["dropped"] == dict(Counter(dropped["drop_reason"]))
     if timed:  # a run that generated (not a hand-made shard set) records its wall time for the report
         assert total["seconds"] > 0

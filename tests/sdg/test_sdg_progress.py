@@ -85,7 +85,7 @@ def test_stage_counts_are_whole_column_sums():
     from lab_ray.sdg.progress import batch_delta
 
     before = pd.DataFrame({"status": ["ok", "ok", "ok", "dropped"], "completion_tokens": [1, 1, 1, 1]})
-    out = pd.DataFrame({"status": ["ok", "dropped", "dropped", "dropped"],
+    out = pd.DataFrame({"kind": ["freeform"] * 4, "status": ["ok", "dropped", "dropped", "dropped"],
                         "drop_stage": ["", "judge_pair", "judge_pair", "gen_instruction"],
                         "drop_reason": ["", "judged_out", "teacher_error", "unparsable"],
                         "prompt_tokens": [5, 5, 0, 0], "completion_tokens": [3, 2, 1, 1]})

@@ -15,6 +15,7 @@ import pytest
 
 from sdg_helpers import SAMPLE_LEAVES, check_run, faulty_spec, read_jsonl_dir, read_parquet_dir, sdg_config
 
+from lab_ray.storage import StoragePath
 from lab_ray.testing.fake_teachers import read_fates
 
 LAB_RAY = Path(sys.executable).with_name("lab-ray")
@@ -27,15 +28,25 @@ def _spec(tmp_path: Path, name: str, latency_s: float = 0.0) -> dict:
     return faulty_spec(fraction=0.3, latency_s=latency_s, log_dir=str(tmp_path / f"log-{name}"))
 
 
-def _driver(tmp_path: Path, spec: dict, name: str) -> subprocess.Popen:
+def _driver(tmp_path: Path, spec: dict, name: str, extra: tuple = ()) -> subprocess.Popen:
     """`lab-ray generate` with the test teacher (sdg.test_teacher), as its own process group."""
     env = {**os.environ, "CI": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     teacher = [f"sdg.test_teacher={spec['factory']}"] + [f"sdg.test_teacher_args.{k}={v}" for k, v in spec["args"].items()]
     args = [str(LAB_RAY), "generate", f"run.root={tmp_path / 'runs'}", f"run.name={name}", "sdg.progress=false",
-            "ray.num_cpus=4", f"taxonomy.path={Path(__file__).parents[2] / 'taxonomy'}", *OVERRIDES, *teacher]
+            "ray.num_cpus=4", f"taxonomy.path={Path(__file__).parents[2] / 'taxonomy'}", *OVERRIDES, *extra, *teacher]
     log = open(tmp_path / f"{name}-{time.monotonic_ns()}.log", "w")
     # Own session: the driver, the Ray cluster it starts and its workers share one process group.
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, text=True, env=env)
+
+
+def _plan(tmp_path: Path, extra: tuple):
+    """The plan of the resumed run, as the driver builds it (its ids decide what is done)."""
+    from lab_ray.sdg.plan import Plan, build_plan
+    from lab_ray.sdg.tasks import id_plan
+
+    cfg = sdg_config(tmp_path / "runs", "resumed", *OVERRIDES, *extra)
+    specs = build_plan(cfg)
+    return Plan(specs, id_plan(specs, int(cfg.sdg.examples_per_prompt)))
 
 
 def _group_alive(pgid: int) -> bool:
@@ -59,14 +70,27 @@ def _wait(proc: subprocess.Popen, log_glob: Path, timeout: float) -> dict:
     return {"resumed": int(m[-1][0]), "tasks": int(m[-1][1])}
 
 
-def test_sigkill_part_way_then_resume_equals_an_uninterrupted_run(ray_cluster, tmp_path):
-    total = QUOTA * len(SAMPLE_LEAVES)
-    quotas = {leaf: QUOTA for leaf in SAMPLE_LEAVES}
+# Fan-out (issue 15): grounded rows fan out twice, freeform once, knowledge once; a task's rows
+# can then be split over shards by the kill, and the resume must still give the same ids.
+FANOUT = {"gen_context": 2, "gen_instruction": 3, "gen_qa": 4}
+
+
+@pytest.mark.parametrize("fanout", [{}, FANOUT], ids=["one-per-request", "fanout"])
+def test_sigkill_part_way_then_resume_equals_an_uninterrupted_run(ray_cluster, tmp_path, fanout):
+    from lab_ray.sdg.run import Stored
+
+    extra = tuple(f"sdg.fanout.{k}={v}" for k, v in fanout.items())
+    # the quota in candidate rows, rounded up to whole requests (the plan says how)
+    plan = _plan(tmp_path, extra)
+    specs = plan.specs
+    quotas = {s.leaf: s.quota for s in specs}
+    total = sum(s.requests for s in specs)
+    assert fanout or total == QUOTA * len(SAMPLE_LEAVES)
     shards = tmp_path / "runs" / "resumed" / "sdg" / "shards"
 
     # 1. Start `lab-ray generate`, slowed down by a per-batch teacher latency, and SIGKILL the
     #    driver once a shard is complete (and before the last one).
-    proc = _driver(tmp_path, _spec(tmp_path, "killed", latency_s=0.6), "resumed")
+    proc = _driver(tmp_path, _spec(tmp_path, "killed", latency_s=0.6), "resumed", extra)
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -91,17 +115,18 @@ def test_sigkill_part_way_then_resume_equals_an_uninterrupted_run(ray_cluster, t
     done_before = set()
     for f in shards.glob("part-*.parquet"):
         done_before.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
-    assert 0 < len(done_before) < total, "the kill must land part-way"
+    assert 0 < len(done_before) < sum(quotas.values()), "the kill must land part-way"
+    tasks_before = len(Stored.of(StoragePath(shards), plan).done_tasks)  # resume counts whole tasks
     # A shard being written when the kill landed is a .tmp that must never be read: plant
     # one with truncated Parquet bytes (and rows that would duplicate real ones) to be sure.
     some_shard = sorted(shards.glob("part-*.parquet"))[0]
     (shards / "part-ffffffffffffffffffffffffffffffff.parquet.tmp").write_bytes(some_shard.read_bytes()[:-100])
 
     # 2. The same command again resumes: the work done is not redone.
-    resumed = _wait(_driver(tmp_path, _spec(tmp_path, "rerun"), "resumed"), tmp_path / "resumed-*.log", 900)
-    assert resumed["tasks"] == total and resumed["resumed"] == len(done_before)
+    resumed = _wait(_driver(tmp_path, _spec(tmp_path, "rerun"), "resumed", extra), tmp_path / "resumed-*.log", 900)
+    assert resumed["tasks"] == total and resumed["resumed"] == tasks_before
     run_resumed = tmp_path / "runs" / "resumed"
-    got = check_run(run_resumed, quotas)  # every task exactly once, all counts add up
+    got = check_run(run_resumed, quotas, fanout=fanout)  # every task exactly once, all counts add up
     # every request of the rerun is for a task that was not done: far fewer than a full run makes
     rerun_requests = len(read_fates(tmp_path / "log-rerun"))
     assert rerun_requests > 0
@@ -109,10 +134,12 @@ def test_sigkill_part_way_then_resume_equals_an_uninterrupted_run(ray_cluster, t
     # 3. An uninterrupted run with the same seed and teacher, in this process.
     from lab_ray.sdg.run import run_generation
 
-    cfg = sdg_config(tmp_path / "runs", "straight", *OVERRIDES)
+    cfg = sdg_config(tmp_path / "runs", "straight", *OVERRIDES, *extra)
     straight = run_generation(cfg, _spec(tmp_path, "straight"))
     assert straight.resumed == 0 and straight.tasks == total
-    ref = check_run(tmp_path / "runs" / "straight", quotas)
+    ref = check_run(tmp_path / "runs" / "straight", quotas, fanout=fanout)
+    # the same ids, kept or dropped, as the uninterrupted run
+    assert set(got["final"]["id"]) == set(ref["final"]["id"])
     full_requests = len(read_fates(tmp_path / "log-straight"))
     assert rerun_requests < full_requests
 
