@@ -112,6 +112,7 @@ def main() -> None:
     a = ap.parse_args()
     fanout = {k: int(v) for k, v in (p.split("=") for p in a.fanout.split(",") if p)}
     root = Path(a.root or tempfile.mkdtemp(prefix="lab-ray-token-eff-"))
+    root.mkdir(parents=True, exist_ok=True)
     print(f"run root {root}; fan-out side: {fanout}; load average {os.getloadavg()[0]:.1f}", flush=True)
     for target in a.targets.split(","):
         sides = {}

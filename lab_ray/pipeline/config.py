@@ -16,6 +16,13 @@ class SubmitConfig:
     runtime_env_file: Optional[str] = "cluster/runtime_env.yaml"
     excludes: List[str] = field(default_factory=lambda: [".venv/", "runs/", ".git/", "__pycache__/"])
     env_vars: Dict[str, str] = field(default_factory=dict)
+    # Credentials passed from the submitting shell to the job (its runtime_env env_vars) when
+    # set there: the teacher's API key, the Hub token, object-store credentials. Values are
+    # read at submit time, never printed and never stored in the run's config; submit.env_vars
+    # wins over a forwarded name. Anyone who can read the cluster's Jobs API sees a job's env.
+    forward_env: List[str] = field(default_factory=lambda: [
+        "LAB_RAY_TEACHER_API_KEY", "HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+        "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY"])
     entrypoint_num_cpus: float = 0.0
     entrypoint_num_gpus: float = 0.0
     # Seconds between status polls while streaming logs.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import sys
 import time
@@ -74,7 +75,8 @@ def build_runtime_env(cfg) -> dict:
             raise ConfigError(f"{sc.runtime_env_file} must be a mapping (a Ray runtime_env)")
     env["working_dir"] = sc.working_dir
     env["excludes"] = sorted(set(env.get("excludes", [])) | set(sc.excludes))
-    env["env_vars"] = {**env.get("env_vars", {}), **dict(sc.env_vars)}
+    forwarded = {name: os.environ[name] for name in (sc.get("forward_env") or []) if os.environ.get(name)}
+    env["env_vars"] = {**forwarded, **env.get("env_vars", {}), **dict(sc.env_vars)}
     return env
 
 

@@ -22,6 +22,26 @@ def api_key(cfg) -> str | None:
     return os.environ.get(cfg.api_key_env) or cfg.api_key or None
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if str(host).strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(str(host).strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def require_key_beyond_loopback(cfg) -> None:
+    """A teacher bound beyond loopback (0.0.0.0, a LAN address, a host name) answers anyone who
+    can reach the port: there it must have an API key."""
+    if not is_loopback(cfg.host) and not api_key(cfg):
+        raise ConfigError(f"teacher.host={cfg.host} exposes the teacher beyond this machine, and no API key is "
+                          f"set: export {cfg.api_key_env}=<a secret> (or set teacher.api_key), or keep "
+                          "teacher.host=127.0.0.1")
+
+
 def deployment_options(cfg) -> dict:
     auto = cfg.autoscaling
     # OMP_WAIT_POLICY=PASSIVE: see lab_ray/teacher/engine.py (spinning OpenMP threads on a shared CPU).
@@ -44,6 +64,7 @@ def deploy(cfg, ray_cfg) -> TeacherEndpoint:
         return TeacherEndpoint(cfg.base_url.rstrip("/"), cfg.model, api_key(cfg))
     if cfg.backend not in ("cpu", "vllm"):
         raise ConfigError(f"teacher.backend={cfg.backend!r}: use cpu, vllm or openai")
+    require_key_beyond_loopback(cfg)
     from ray import serve
 
     init_ray(ray_cfg)

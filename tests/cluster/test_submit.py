@@ -95,6 +95,25 @@ def test_submit_runs_a_small_generate_on_the_cluster(ray_head, tmp_path):
     assert list((root / "submitted" / "data" / "skills_train").glob("part-*.jsonl"))
 
 
+def test_submit_forwards_credentials_without_printing_them(ray_head, monkeypatch):
+    """The teacher key and storage credentials of the submitting shell reach the job's environment
+    (submit.forward_env); their values appear in no output and not in the job's config."""
+    from ray.job_submission import JobSubmissionClient
+
+    secret = {"LAB_RAY_TEACHER_API_KEY": "sk-" + secrets.token_hex(8), "AWS_SECRET_ACCESS_KEY": secrets.token_hex(8)}
+    proc = subprocess.run(
+        [str(BIN / "lab-ray"), "submit", "--address", ray_head, f"submit.working_dir={REPO}", "--", "config", "show"],
+        capture_output=True, text=True, timeout=600, cwd=REPO, env={**_env(), **secret, "HF_TOKEN": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert not any(v in proc.stdout + proc.stderr for v in secret.values())
+    job_id = proc.stderr.split("submitted ", 1)[1].split()[0]
+    for k, v in AUTH_ENV.items():
+        monkeypatch.setenv(k, v)
+    env_vars = JobSubmissionClient(ray_head).get_job_info(job_id).runtime_env["env_vars"]
+    assert {k: env_vars.get(k) for k in secret} == secret
+    assert "HF_TOKEN" not in env_vars  # unset (empty) in the shell: not forwarded
+
+
 def test_submit_returns_the_jobs_exit_status(ray_head, tmp_path):
     proc = _submit(ray_head, "taxonomy", "validate", str(tmp_path / "no-such-taxonomy"))
     assert proc.returncode == 1

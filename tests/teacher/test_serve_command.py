@@ -53,3 +53,18 @@ def test_serve_subprocess_answers_with_the_key_and_stops_cleanly_on_sigterm(tmp_
         if p.poll() is None:
             p.kill()
             p.wait(60)
+
+
+def test_serve_beyond_loopback_without_an_api_key_is_refused(cli, monkeypatch):
+    monkeypatch.delenv("LAB_RAY_TEACHER_API_KEY", raising=False)
+    for host in ("0.0.0.0", "10.1.2.3", "teacher.internal"):
+        code, out, err = cli("teacher", "serve", f"teacher.host={host}")
+        assert code != 0 and "Traceback" not in err
+        assert f"teacher.host={host} exposes the teacher" in err and "LAB_RAY_TEACHER_API_KEY" in err
+
+
+def test_loopback_hosts_need_no_key():
+    from lab_ray.teacher.app import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.com"))
