@@ -123,8 +123,9 @@ def collect(rdir: Path) -> dict:
         if out["generation"].get("state") in ("interrupted", "failed") and files:
             # what is on disk is what a resume keeps: count it (two columns of each shard)
             from lab_ray.sdg.progress import resumed_counts
+            from lab_ray.sdg.stages import effective_fanout
 
-            on_disk = resumed_counts(files, ((plan or {}).get("config") or {}).get("fanout"))
+            on_disk = resumed_counts(files, effective_fanout((plan or {}).get("config") or {}))
             leaves = out["generation"].setdefault("leaves", {})
             for leaf, c in on_disk.items():
                 leaves.setdefault(leaf, {"quota": 0}).update(done=c["done"], kept=c["kept"])

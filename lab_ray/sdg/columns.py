@@ -64,6 +64,8 @@ STATE_COLUMNS: tuple[Column, ...] = (
 QUESTION = text_col("question", "the instruction / question")
 ANSWER = text_col("answer", "the response / answer")
 CONTEXT = next(c for c in TASK_COLUMNS if c.name == "context")
+VIEW = text_col("view", "knowledge augmentation: the view of the chunk the Q/A came from ('' = none)")
+DOCUMENT_VIEW = text_col("document_view", "knowledge augmentation: that view's text (the chunk itself for 'document')")
 
 
 def row_schema(stages: Iterable[type]) -> dict[str, Column]:

@@ -39,6 +39,12 @@ class KnowledgeConfig:
     # The teacher's context in tokens; null = read it from a local teacher's model
     # config (a remote teacher's is unknown: then nothing is checked up front).
     teacher_context_tokens: Optional[int] = None
+    # Knowledge augmentation (InstructLab 0.8's knowledge pipeline): before Q/A, each chunk
+    # becomes one row per view - "document" (the chunk itself), "detailed_summary",
+    # "extractive_summary", "atomic_facts" (one teacher request each, prompts
+    # conf/prompts/knowledge_view_<name>.yaml, max_tokens above) - and Q/A is generated from
+    # each view; faithfulness is still judged against the original chunk. [] = off.
+    views: List[str] = field(default_factory=list)
 
 
 @dataclass

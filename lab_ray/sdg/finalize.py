@@ -11,12 +11,12 @@ import json
 import uuid
 
 import yaml
-from omegaconf import OmegaConf
 
 from lab_ray.errors import LabRayError
 from lab_ray.sdg.dedup import SIGNATURE_COLUMNS, duplicates, mark_duplicates, signature_rows
 from lab_ray.sdg.limits import task_pool
 from lab_ray.sdg.mixing import plan_datasets
+from lab_ray.sdg.stages import effective_fanout
 from lab_ray.sdg.stats import COUNT_KEYS, GROUP_KEYS, block_counts, funnel, sum_counts
 from lab_ray.sdg.tasks import in_plan
 from lab_ray.sdg.writer import parquet_bytes, parquet_columns, read_parquet, shard_files, write_jsonl
@@ -41,7 +41,7 @@ def finalize(cfg, out: StoragePath) -> dict:
     rdir = run_dir(cfg)
     final_tmp, samples_tmp, data_tmp = out / "final.tmp", rdir / "samples.tmp", rdir / "data.tmp"
     counts = write_outputs(cfg, paths, plan, dups_ref, final_tmp, samples_tmp, data_tmp)
-    stats = funnel(sum_counts(counts["stats"]), OmegaConf.to_container(cfg.sdg.fanout, resolve=True))
+    stats = funnel(sum_counts(counts["stats"]), effective_fanout(cfg.sdg))
     seconds = (read_json(out / "timing.json") or {}).get("generation_seconds")
     if seconds is not None:
         stats["total"]["seconds"] = round(seconds, 3)

@@ -18,7 +18,7 @@ from lab_ray.errors import ConfigError, LabRayError
 from lab_ray.prompts import load_prompt
 from lab_ray.sdg.mixing import rules_from_config
 from lab_ray.sdg.personas import load_personas
-from lab_ray.sdg.stages import PROMPT_NAMES, check_fanout
+from lab_ray.sdg.stages import PROMPT_NAMES, check_fanout, effective_fanout
 from lab_ray.sdg.tasks import LeafSpec, id_plan, leaf_spec
 from lab_ray.storage import atomic_write_json
 from lab_ray.taxonomy.diff import changed_leaves
@@ -117,6 +117,7 @@ def build_plan(cfg) -> list[LeafSpec]:
     for name in PROMPT_NAMES:
         load_prompt(name, cfg.sdg.prompts_dir)  # fail early on a broken prompt file
     check_fanout(OmegaConf.to_container(cfg.sdg.fanout) if cfg.sdg.get("fanout") is not None else None)
+    effective_fanout(cfg.sdg)  # checks sdg.knowledge.views
     rules_from_config(cfg.sdg.mixing)  # a bad mixing rule fails now, not after generation
     tokenizer = teacher_tokenizer(cfg) if any(leaf.is_knowledge for leaf in tax.leaves) else None
     if tokenizer is not None:  # some leaf is a knowledge leaf

@@ -32,7 +32,7 @@ import pandas as pd
 
 from lab_ray.durations import hms as _hms
 from lab_ray.sdg.stats import COUNT_KEYS, GROUP_KEYS, block_counts, funnel
-from lab_ray.sdg.stages import stage_kinds, stages_for
+from lab_ray.sdg.stages import effective_fanout, stage_kinds, stages_for
 from lab_ray.sdg.tasks import quota_rows
 from lab_ray.sdg.writer import shard_files
 from lab_ray.storage import StoragePath, atomic_write_json
@@ -194,9 +194,9 @@ class GenerationProgress:
         self.flush_s = min(1.0, self.interval / 2)
         self.quotas = {s.leaf: int(s.quota) for s in plan.specs}
         self.kinds = {s.leaf: s.kind for s in plan.specs}
-        self.fanout = dict(cfg.sdg.get("fanout") or {})
+        self.fanout = effective_fanout(cfg.sdg)
         self.total = sum(self.quotas.values())
-        self.stage_names = [s.stage for s in stages_for(set(self.kinds.values()))]
+        self.stage_names = [s.stage for s in stages_for(set(self.kinds.values()), self.fanout)]
         self.leaves = {leaf: {"done": 0, "kept": 0} for leaf in self.quotas}
         resumed = resumed_counts(shard_files(resume_from), self.fanout) if resume_from else {}
         for leaf, c in resumed.items():

@@ -19,7 +19,7 @@ from lab_ray.sdg.finalize import finalize
 from lab_ray.sdg.limits import task_pool
 from lab_ray.sdg.plan import Plan, make_plan
 from lab_ray.sdg.progress import GenerationProgress
-from lab_ray.sdg.stages import stages_for
+from lab_ray.sdg.stages import effective_fanout, stages_for
 from lab_ray.sdg.tasks import expand, planned_ids, ranges, task_shares
 from lab_ray.sdg.writer import ShardWriter, stored_rows
 from lab_ray.storage import StoragePath, atomic_write_json, read_json, run_dir
@@ -126,7 +126,7 @@ def generate_shards(cfg, plan: Plan, stored: Stored, teacher_spec: dict, calibra
     sdg = OmegaConf.to_container(cfg.sdg, resolve=True)
     # Two calls in flight per actor: one batch's requests wait on the teacher while the next is prepared.
     pool = ray.data.ActorPoolStrategy(size=max(1, int(cfg.sdg.actors_per_stage)), max_concurrent_calls_per_actor=2)
-    for stage_cls in stages_for({s.kind for s in plan.specs}):
+    for stage_cls in stages_for({s.kind for s in plan.specs}, effective_fanout(cfg.sdg)):
         ds = ds.map_batches(progress.counted(stage_cls), fn_constructor_args=(teacher_spec, sdg, calibration),
                             batch_size=cfg.sdg.batch_size, batch_format="pandas", compute=pool,
                             num_cpus=0.05, memory=int(cfg.sdg.actor_memory_mb) * 2**20)

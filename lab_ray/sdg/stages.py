@@ -24,7 +24,7 @@ import pandas as pd
 
 from lab_ray.errors import ConfigError
 from lab_ray.prompts import MemoRenderer, load_prompt
-from lab_ray.sdg.columns import ANSWER, CONTEXT, QUESTION, Column, add_missing, score_col, row_schema, typed
+from lab_ray.sdg.columns import ANSWER, CONTEXT, DOCUMENT_VIEW, QUESTION, VIEW, Column, add_missing, score_col, row_schema, typed
 from lab_ray.sdg.parsing import clean_single, parse_tagged
 from lab_ray.sdg.tasks import child_id
 from lab_ray.teacher.client import make_teacher
@@ -182,7 +182,7 @@ class FanOutStage(TeacherStage):
 
     @property
     def width(self) -> int:
-        return self.width_for(self.sdg.get("fanout"))
+        return self.width_for(effective_fanout(self.sdg))
 
     def generate(self, row: dict, max_tokens: int) -> tuple[str, dict]:
         kind, body = super().generate(row, max_tokens)
@@ -254,8 +254,10 @@ def _norm(text: str) -> str:
 
 def check_fanout(fanout: dict | None) -> None:
     """sdg.fanout names fan-out stages and positive widths; anything else is a config error."""
-    names = [s.stage for s in PIPELINE if issubclass(s, FanOutStage)]
+    names = [s.stage for s in PIPELINE if issubclass(s, FanOutStage) and not getattr(s, "optional", False)]
     for stage, width in (fanout or {}).items():
+        if stage == AugmentDocument.stage:
+            raise ConfigError(f"sdg.fanout.{stage}: the knowledge views decide this width; set sdg.knowledge.views")
         if stage not in names:
             raise ConfigError(f"sdg.fanout.{stage}: not a fan-out stage (fan-out stages: {', '.join(names)})")
         if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= 64:
@@ -367,18 +369,103 @@ class JudgePair(JudgeStage):
 
 
 # -- knowledge ----------------------------------------------------------------
-class GenerateKnowledgeQA(FanOutStage):
-    """A question and its answer grounded in the row's document chunk.
+# Document views of knowledge augmentation (InstructLab 0.8's knowledge pipeline): "document"
+# is the chunk itself; the others are generated from it, one prompt each
+# (conf/prompts/knowledge_view_<name>.yaml).
+VIEWS = ("document", "detailed_summary", "extractive_summary", "atomic_facts")
 
-    Input columns: domain, context, examples.  Output columns: question, answer.
+
+class AugmentDocument(FanOutStage):
+    """Knowledge augmentation: one row per configured view of the chunk (sdg.knowledge.views),
+    each carrying the view's text; Q/A is then generated from the view, and judged against the
+    original chunk. One request per generated view (the "document" view costs nothing); a
+    failed view drops only its own row. Off (no stage at all) when no views are configured.
+
+    Input columns: domain, context.  Output columns: view, document_view.
+    """
+
+    stage, prompt_name, kinds = "gen_view", "knowledge_view_detailed_summary", ("knowledge",)
+    inputs = ("domain", "context")
+    outputs = (VIEW, DOCUMENT_VIEW)
+    optional = True  # only in the flow when sdg.knowledge.views is set
+
+    def __init__(self, teacher_spec, sdg, calibration=None):
+        super().__init__(teacher_spec, sdg, calibration)
+        self.views = views_of(sdg)
+        self.view_prompts = {v: load_prompt(f"knowledge_view_{v}", sdg.get("prompts_dir"))
+                             for v in self.views if v != "document"}
+
+    def request(self, row, view: str = "detailed_summary"):
+        prompt = self.view_prompts.get(view) or self.prompt
+        return "chat", {"messages": prompt.render(row), "max_tokens": self.sdg["knowledge"]["max_tokens"],
+                        "temperature": self.sdg["temperature"],
+                        "seed": (int(row["id"][:8], 16) + int(self.sdg.get("seed", 0))) % 2**31}
+
+    def apply(self, row, reply, view: str = "detailed_summary"):
+        row["view"] = view
+        text = clean_single(reply.text, max_chars=20000)
+        if text is None:
+            return self.drop(row, "unparsable", reply.text[:200])
+        row["document_view"] = text
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        batch = add_missing(batch, self.schema)
+        if not self.views:
+            return typed(batch, self.schema)
+        cols = list(batch.columns)
+        rows = [dict(zip(cols, values)) for values in zip(*(batch[c].tolist() for c in cols))]
+        live = [i for i, r in enumerate(rows) if r["status"] == "ok" and self.applies(r)]
+        asked = [(i, j) for i in live for j, v in enumerate(self.views) if v != "document"]
+        replies = self.teacher.run_many([self.request(rows[i], self.views[j]) for i, j in asked]) if asked else []
+        got = dict(zip(asked, replies))
+        children = {i: self.views_of_row(rows[i], {j: got[(i, j)] for j in range(len(self.views)) if (i, j) in got})
+                    for i in live}
+        out = [c for i, r in enumerate(rows) for c in children.get(i, [r])]
+        frame = pd.DataFrame({c: [r[c] for r in out] for c in cols}, columns=batch.columns)
+        return typed(frame, self.schema)
+
+    def views_of_row(self, parent: dict, replies: dict) -> list[dict]:
+        """The parent's children, one per view; replies: view index -> the teacher's reply."""
+        w = len(self.views)
+        prompt, completion = _split(parent["prompt_tokens"], w), _split(parent["completion_tokens"], w)
+        kids = []
+        for j, view in enumerate(self.views):
+            child = dict(parent, view=view, prompt_tokens=prompt[j], completion_tokens=completion[j])
+            if w > 1:  # one view is no fan-out: the row keeps its id and place
+                child.update(id=child_id(parent["id"], self.stage, j),
+                             item_path=f"{parent['item_path']}.{j}" if parent["item_path"] else str(j))
+            kids.append(child)
+            if view == "document":
+                child["document_view"] = parent["context"]
+                continue
+            reply = replies[j]
+            child["prompt_tokens"] += reply.prompt_tokens
+            child["completion_tokens"] += reply.completion_tokens
+            if not reply.ok:
+                reason = "unparsable" if reply.error == "unparsable" else "teacher_error"
+                self.drop(child, reason, f"{reply.error}: {reply.detail or ''}"[:300])
+                continue
+            try:
+                self.apply(child, reply, view)
+            except (ValueError, KeyError, TypeError) as e:
+                self.drop(child, "unparsable", f"{type(e).__name__}: {e}"[:300])
+        return kids
+
+
+class GenerateKnowledgeQA(FanOutStage):
+    """A question and its answer grounded in the row's document chunk, or in the row's view of
+    it when knowledge augmentation made one (the judges still read the chunk).
+
+    Input columns: domain, context, document_view, examples.  Output columns: question, answer.
     """
 
     stage, prompt_name, kinds = "gen_qa", "knowledge_qa", ("knowledge",)
-    inputs = ("domain", "context", "examples")
+    inputs = ("domain", "context", "document_view", "examples")
     outputs = (QUESTION, ANSWER)
 
     def request(self, row):
-        return self.generate(row, self.sdg["knowledge"]["max_tokens"])
+        view = row["document_view"]
+        return self.generate(dict(row, context=view) if view else row, self.sdg["knowledge"]["max_tokens"])
 
     def apply(self, row, reply):
         items = parse_tagged(reply.text, self.prompt.output_tags)
@@ -429,12 +516,12 @@ class JudgeQuestion(JudgeStage):
 # The flow, in order. Everything below is derived from these declarations.
 PIPELINE: tuple[type[TeacherStage], ...] = (
     GenerateContext, GenerateInstruction, JudgeInstruction, GenerateResponse, JudgePair,
-    GenerateKnowledgeQA, JudgeFaithfulness, JudgeRelevance, JudgeQuestion,
+    AugmentDocument, GenerateKnowledgeQA, JudgeFaithfulness, JudgeRelevance, JudgeQuestion,
 )
 JUDGES = tuple(s for s in PIPELINE if issubclass(s, JudgeStage))
 SCORE_COLUMNS = tuple(j.score_column() for j in JUDGES)
 ROW_SCHEMA = row_schema(PIPELINE)
-PROMPT_NAMES = tuple(s.prompt_name for s in PIPELINE)
+PROMPT_NAMES = tuple(dict.fromkeys([*(s.prompt_name for s in PIPELINE), *(f"knowledge_view_{v}" for v in VIEWS[1:])]))
 
 
 def with_row_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -442,9 +529,41 @@ def with_row_columns(df: pd.DataFrame) -> pd.DataFrame:
     return typed(add_missing(df, ROW_SCHEMA), ROW_SCHEMA)
 
 
-def stages_for(kinds: set[str]) -> list[type[TeacherStage]]:
-    """The stages some row of these kinds passes through, in flow order (no idle actor pools)."""
-    return [s for s in PIPELINE if kinds & set(s.kinds)]
+def _in_flow(stage: type[TeacherStage], fanout: dict | None) -> bool:
+    """An optional stage (knowledge augmentation) is in the flow only when configured: its
+    width is in the effective fan-out (effective_fanout)."""
+    return not getattr(stage, "optional", False) or stage.stage in (fanout or {})
+
+
+def stages_for(kinds: set[str], fanout: dict | None = None) -> list[type[TeacherStage]]:
+    """The stages some row of these kinds passes through, in flow order (no idle actor pools);
+    `fanout` is the run's effective_fanout (it says which optional stages are on)."""
+    return [s for s in PIPELINE if kinds & set(s.kinds) and _in_flow(s, fanout)]
+
+
+def views_of(sdg) -> list[str]:
+    """sdg.knowledge.views, checked: known names, each once."""
+    views = [str(v) for v in ((sdg.get("knowledge") or {}).get("views") or [])]
+    for v in views:
+        if v not in VIEWS:
+            raise ConfigError(f"sdg.knowledge.views: unknown view {v!r} (views: {', '.join(VIEWS)})")
+    if len(set(views)) != len(views):
+        raise ConfigError(f"sdg.knowledge.views={views}: each view once")
+    return views
+
+
+def effective_fanout(sdg) -> dict:
+    """The widths rows fan out by: sdg.fanout, plus the knowledge views (gen_view = their
+    count) when augmentation is on. Everything that counts rows per task reads this."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(sdg):
+        sdg = OmegaConf.to_container(sdg, resolve=True)
+    fan = dict(sdg.get("fanout") or {})
+    views = views_of(sdg)
+    if views:
+        fan[AugmentDocument.stage] = len(views)
+    return fan
 
 
 def fanout_width(stage: str, fanout: dict | None) -> int:
@@ -458,6 +577,6 @@ def stage_kinds(stage: str) -> tuple[str, ...]:
     return cls.kinds if cls is not None else ()
 
 
-def stage_order(kind: str) -> list[str]:
+def stage_order(kind: str, fanout: dict | None = None) -> list[str]:
     """The stages a row of this kind passes, in order, then dedup (the funnel of the stats)."""
-    return [s.stage for s in PIPELINE if kind in s.kinds] + ["dedup"]
+    return [s.stage for s in PIPELINE if kind in s.kinds and _in_flow(s, fanout)] + ["dedup"]

@@ -82,7 +82,7 @@ def _stage_counts(kind: str, by_stage: dict, rows: int, fanout: dict | None) -> 
     were expanded, plus the parents it dropped whole."""
     from lab_ray.sdg.stages import fanout_width
 
-    order = stage_order(kind)
+    order = stage_order(kind, fanout)
     depth = sum(fanout_width(s, fanout) > 1 for s in order)
     out, stages = rows - sum(sum(d.values()) for d in by_stage.values()), []
     for stage in reversed(order):

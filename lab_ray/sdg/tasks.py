@@ -129,7 +129,9 @@ def leaf_spec(leaf: Leaf, cfg, personas: dict[str, str], documents: list[str], t
     else:
         examples, chunks = seeds, []
     persona = personas.get(persona_for(leaf.path, dict(cfg.personas)), personas["default"])
-    widths = fanout_widths(leaf.kind, dict(cfg.get("fanout") or {}))
+    from lab_ray.sdg.stages import effective_fanout
+
+    widths = fanout_widths(leaf.kind, effective_fanout(cfg))
     per_request = fanout_product(widths)
     requests = -(-quota(leaf, cfg) // per_request)
     return LeafSpec(leaf.path, leaf.branch.value, leaf.kind, leaf.task_description or leaf.domain or "",

@@ -80,6 +80,8 @@ def message_record(r: dict, long_words: int) -> dict:
     if r["kind"] == "knowledge":
         meta["chunk"] = context
         meta["chunk_index"] = int(r["chunk_index"])
+        if r.get("view"):  # knowledge augmentation: the view of the chunk the Q/A came from
+            meta["view"] = r["view"]
     return {"id": r["id"], "messages": [{"role": "user", "content": user},
                                          {"role": "assistant", "content": r["answer"]}], "metadata": meta}
 

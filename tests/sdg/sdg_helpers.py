@@ -84,7 +84,7 @@ def check_run(run_dir: Path, quotas: dict[str, int], timed: bool = True, fanout:
     assert set(dropped["drop_reason"]) <= REASONS
     assert (ok["drop_reason"] == "").all() and (ok["drop_stage"] == "").all()
     for kind, part in dropped.groupby("kind"):
-        assert set(part["drop_stage"]) <= set(stage_order(kind)), (kind, set(part["drop_stage"]))
+        assert set(part["drop_stage"]) <= set(stage_order(kind, fanout)), (kind, set(part["drop_stage"]))
     # only the dedup stage drops rows as duplicate after generation; dedup never drops anything else
     assert set(dropped[dropped["drop_stage"] == "dedup"]["drop_reason"]) <= {"duplicate"}
     for col in ("question", "answer"):
@@ -134,7 +134,7 @@ def check_run(run_dir: Path, quotas: dict[str, int], timed: bool = True, fanout:
         assert recipe["leaves"][leaf] == s["kept"]
         # the funnel: in = kept + dropped at every stage, each stage's in is the previous kept
         stages = s["stages"]
-        assert [st["stage"] for st in stages] == stage_order(s["kind"])
+        assert [st["stage"] for st in stages] == stage_order(s["kind"], fanout)
         widths = [fanout_width(st["stage"], fanout) for st in stages]
         product = 1
         for w in widths:

@@ -98,12 +98,17 @@ def test_writes_match_the_declared_outputs(stage):
 
 @pytest.mark.parametrize("kind", ["grounded", "freeform", "knowledge"])
 def test_every_input_is_a_task_column_or_an_earlier_output(kind):
+    # Every optional stage on (knowledge augmentation); when one is off, what it would write
+    # is its output columns' defaults (the row schema holds every stage's outputs).
+    on = {s.stage: 2 for s in PIPELINE if getattr(s, "optional", False)}
     available = {c.name for c in TASK_COLUMNS}
-    for stage in stages_for({kind}):
+    for stage in stages_for({kind}, on):
         missing = set(stage.inputs) - available
         assert not missing, f"{stage.stage} reads {missing}, which nothing before it writes"
         available |= {c.name for c in stage.outputs}
+    assert stage_order(kind, on)[:-1] == [s.stage for s in stages_for({kind}, on)]
     assert stage_order(kind)[:-1] == [s.stage for s in stages_for({kind})]
+    assert all(c.name in ROW_SCHEMA for s in PIPELINE for c in s.outputs)
 
 
 def test_schema_and_score_columns_are_derived_from_declarations():
