@@ -14,6 +14,8 @@ datasketch) - dedup already drops near-duplicate *samples*; this counts question
 
     .venv/bin/python bench/sdg_token_efficiency.py                       # sample taxonomy + synonyms
     .venv/bin/python bench/sdg_token_efficiency.py --targets synonyms --fanout gen_instruction=8
+    .venv/bin/python bench/sdg_token_efficiency.py --targets knowledge --fanout "" \
+        --on "sdg.knowledge.views=[document,detailed_summary,extractive_summary,atomic_facts]"   # views
 """
 
 from __future__ import annotations
@@ -35,14 +37,15 @@ TARGETS = {
     # name: (taxonomy, extra overrides); quotas as the issue's measurements
     "sample": (ROOT / "taxonomy", []),
     "synonyms": (FIXTURE, ["sdg.leaves=[compositional_skills/linguistics/synonyms]", "sdg.samples_per_leaf=30"]),
+    "knowledge": (ROOT / "taxonomy", ["sdg.leaves=[knowledge/geography/islands/varrow_island]"]),
 }
 
 
-def run_side(target: str, side: str, fanout: dict, root: Path, extra: list[str]) -> dict:
+def run_side(target: str, side: str, fanout: dict, root: Path, extra: list[str], only: list[str] = ()) -> dict:
     taxonomy, overrides = TARGETS[target]
     name = f"{target}-{side}"
     args = [str(LAB_RAY), "generate", f"run.root={root}", f"run.name={name}", f"taxonomy.path={taxonomy}",
-            "sdg.progress=false", *overrides, *extra, *(f"sdg.fanout.{k}={v}" for k, v in fanout.items())]
+            "sdg.progress=false", *overrides, *extra, *only, *(f"sdg.fanout.{k}={v}" for k, v in fanout.items())]
     log = root / f"{name}.log"
     t0 = time.monotonic()
     with open(log, "w") as f:
@@ -109,6 +112,8 @@ def main() -> None:
                     help="the fan-out side's sdg.fanout (stage=n,...)")
     ap.add_argument("--root", default=None, help="run root (default: a temporary directory)")
     ap.add_argument("--override", action="append", default=[], help="extra key=value for both sides")
+    ap.add_argument("--on", action="append", default=[],
+                    help="extra key=value for the second side only (e.g. sdg.knowledge.views=[document,atomic_facts])")
     a = ap.parse_args()
     fanout = {k: int(v) for k, v in (p.split("=") for p in a.fanout.split(",") if p)}
     root = Path(a.root or tempfile.mkdtemp(prefix="lab-ray-token-eff-"))
@@ -117,7 +122,7 @@ def main() -> None:
     for target in a.targets.split(","):
         sides = {}
         for side, fo in (("off", {}), ("fanout", fanout)):
-            sides[side] = run_side(target, side, fo, root, a.override)
+            sides[side] = run_side(target, side, fo, root, a.override, a.on if side == "fanout" else [])
             r = sides[side]
             tot = r["stats"]["total"]
             kept = max(1, tot["kept"])

@@ -95,10 +95,10 @@ def test_submit_runs_a_small_generate_on_the_cluster(ray_head, tmp_path):
     assert list((root / "submitted" / "data" / "skills_train").glob("part-*.jsonl"))
 
 
-def test_submit_forwards_credentials_without_printing_them(ray_head, monkeypatch):
+def test_submit_forwards_credentials_without_printing_them(ray_head):
     """The teacher key and storage credentials of the submitting shell reach the job's environment
     (submit.forward_env); their values appear in no output and not in the job's config."""
-    from ray.job_submission import JobSubmissionClient
+    import httpx
 
     secret = {"LAB_RAY_TEACHER_API_KEY": "sk-" + secrets.token_hex(8), "AWS_SECRET_ACCESS_KEY": secrets.token_hex(8)}
     proc = subprocess.run(
@@ -107,9 +107,11 @@ def test_submit_forwards_credentials_without_printing_them(ray_head, monkeypatch
     assert proc.returncode == 0, proc.stderr
     assert not any(v in proc.stdout + proc.stderr for v in secret.values())
     job_id = proc.stderr.split("submitted ", 1)[1].split()[0]
-    for k, v in AUTH_ENV.items():
-        monkeypatch.setenv(k, v)
-    env_vars = JobSubmissionClient(ray_head).get_job_info(job_id).runtime_env["env_vars"]
+    # The Jobs REST API with the cluster's token (this process's Ray client read RAY_AUTH_MODE at import)
+    info = httpx.get(f"{ray_head}/api/jobs/{job_id}", timeout=30,
+                     headers={"Authorization": f"Bearer {AUTH_ENV['RAY_AUTH_TOKEN']}"})
+    assert info.status_code == 200, info.text[:300]
+    env_vars = info.json()["runtime_env"]["env_vars"]
     assert {k: env_vars.get(k) for k in secret} == secret
     assert "HF_TOKEN" not in env_vars  # unset (empty) in the shell: not forwarded
 
