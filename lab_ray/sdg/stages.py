@@ -71,26 +71,42 @@ class TeacherStage:
         raise NotImplementedError
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        batch = add_missing(batch, self.schema)
-        cols = list(batch.columns)
-        # column lists -> row dicts (the same Python values as to_dict("records"), far cheaper)
-        rows = [dict(zip(cols, values)) for values in zip(*(batch[c].tolist() for c in cols))]
+        batch, rows = self.rows_of(batch)
         live = [r for r in rows if r["status"] == "ok" and self.applies(r)]
         self._check_next = True
         replies = self.teacher.run_many([self.request(r) for r in live]) if live else []
         for row, reply in zip(live, replies):
-            row["prompt_tokens"] += reply.prompt_tokens
-            row["completion_tokens"] += reply.completion_tokens
-            if not reply.ok:
-                reason = "unparsable" if reply.error == "unparsable" else "teacher_error"
-                self.drop(row, reason, f"{reply.error}: {reply.detail or ''}"[:300])
-                continue
-            try:
-                self.apply(row, reply)
-            except (ValueError, KeyError, TypeError) as e:
-                self.drop(row, "unparsable", f"{type(e).__name__}: {e}"[:300])
-        out = pd.DataFrame({c: [r[c] for r in rows] for c in cols}, columns=batch.columns)
-        return typed(out, self.schema)
+            if self.charge(row, reply):
+                self.settle(row, reply)
+        return self.frame(batch, rows)
+
+    # -- shared by every stage kind (one row per row, fan-out, views) -----------
+    def rows_of(self, batch: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+        """The batch with the stage's columns, and its rows as dicts (column lists -> row dicts:
+        the same Python values as to_dict("records"), far cheaper)."""
+        batch = add_missing(batch, self.schema)
+        cols = list(batch.columns)
+        return batch, [dict(zip(cols, values)) for values in zip(*(batch[c].tolist() for c in cols))]
+
+    def frame(self, batch: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
+        return typed(pd.DataFrame({c: [r[c] for r in rows] for c in batch.columns}, columns=batch.columns),
+                     self.schema)
+
+    def charge(self, row: dict, reply) -> bool:
+        """Adds the reply's tokens to the row; a failed request drops it. True: apply the reply."""
+        row["prompt_tokens"] += reply.prompt_tokens
+        row["completion_tokens"] += reply.completion_tokens
+        if not reply.ok:
+            reason = "unparsable" if reply.error == "unparsable" else "teacher_error"
+            self.drop(row, reason, f"{reply.error}: {reply.detail or ''}"[:300])
+        return reply.ok
+
+    def settle(self, row: dict, reply, *args) -> None:
+        """`apply`, a reply it cannot parse dropping the row as unparsable."""
+        try:
+            self.apply(row, reply, *args)
+        except (ValueError, KeyError, TypeError) as e:
+            self.drop(row, "unparsable", f"{type(e).__name__}: {e}"[:300])
 
     def drop(self, row: dict, reason: str, detail: str = "") -> None:
         row.update(status="dropped", drop_stage=self.stage, drop_reason=reason, drop_detail=detail[:300])
@@ -197,25 +213,18 @@ class FanOutStage(TeacherStage):
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         if self.width <= 1:
             return super().__call__(batch)
-        batch = add_missing(batch, self.schema)
-        cols = list(batch.columns)
-        rows = [dict(zip(cols, values)) for values in zip(*(batch[c].tolist() for c in cols))]
+        batch, rows = self.rows_of(batch)
         live = [i for i, r in enumerate(rows) if r["status"] == "ok" and self.applies(r)]
         self._check_next = True
         replies = self.teacher.run_many([self.request(rows[i]) for i in live]) if live else []
-        children: dict[int, list[dict]] = {}
-        for i, reply in zip(live, replies):
-            parent = rows[i]
-            parent["prompt_tokens"] += reply.prompt_tokens
-            parent["completion_tokens"] += reply.completion_tokens
-            if not reply.ok:
-                reason = "unparsable" if reply.error == "unparsable" else "teacher_error"
-                self.drop(parent, reason, f"{reply.error}: {reply.detail or ''}"[:300])
-                continue
-            children[i] = self.fan_out(parent, reply)
-        out = [c for i, r in enumerate(rows) for c in children.get(i, [r])]
-        frame = pd.DataFrame({c: [r[c] for r in out] for c in cols}, columns=batch.columns)
-        return typed(frame, self.schema)
+        children = {i: self.fan_out(rows[i], reply) for i, reply in zip(live, replies) if self.charge(rows[i], reply)}
+        return self.frame(batch, [c for i, r in enumerate(rows) for c in children.get(i, [r])])
+
+    def child(self, parent: dict, j: int, w: int, prompt: list[int], completion: list[int]) -> dict:
+        """The j-th of w children of a parent row: derived id, item path, its share of the parent's tokens."""
+        return dict(parent, id=child_id(parent["id"], self.stage, j),
+                    item_path=f"{parent['item_path']}.{j}" if parent["item_path"] else str(j),
+                    prompt_tokens=prompt[j], completion_tokens=completion[j])
 
     def fan_out(self, parent: dict, reply) -> list[dict]:
         w = self.width
@@ -223,18 +232,12 @@ class FanOutStage(TeacherStage):
         seen: set[str] = set()
         kids = []
         for j in range(w):
-            child = dict(parent, id=child_id(parent["id"], self.stage, j),
-                         item_path=f"{parent['item_path']}.{j}" if parent["item_path"] else str(j),
-                         prompt_tokens=prompt[j], completion_tokens=completion[j])
+            child = self.child(parent, j, w, prompt, completion)
             kids.append(child)
             if j >= len(reply.texts):
                 self.drop(child, "teacher_error", f"the teacher returned {len(reply.texts)} of {w} completions")
                 continue
-            try:
-                self.apply(child, dataclasses.replace(reply, texts=[reply.texts[j]],
-                                                      logprobs=reply.logprobs[j:j + 1]))
-            except (ValueError, KeyError, TypeError) as e:
-                self.drop(child, "unparsable", f"{type(e).__name__}: {e}"[:300])
+            self.settle(child, dataclasses.replace(reply, texts=[reply.texts[j]], logprobs=reply.logprobs[j:j + 1]))
             if child["status"] == "ok" and (key := self.distinct_key(child)) is not None:
                 if key in seen:
                     self.drop(child, "duplicate", "repeats a sibling completion of the same request")
@@ -409,20 +412,16 @@ class AugmentDocument(FanOutStage):
         row["document_view"] = text
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        batch = add_missing(batch, self.schema)
         if not self.views:
-            return typed(batch, self.schema)
-        cols = list(batch.columns)
-        rows = [dict(zip(cols, values)) for values in zip(*(batch[c].tolist() for c in cols))]
+            return typed(add_missing(batch, self.schema), self.schema)
+        batch, rows = self.rows_of(batch)
         live = [i for i, r in enumerate(rows) if r["status"] == "ok" and self.applies(r)]
         asked = [(i, j) for i in live for j, v in enumerate(self.views) if v != "document"]
         replies = self.teacher.run_many([self.request(rows[i], self.views[j]) for i, j in asked]) if asked else []
         got = dict(zip(asked, replies))
         children = {i: self.views_of_row(rows[i], {j: got[(i, j)] for j in range(len(self.views)) if (i, j) in got})
                     for i in live}
-        out = [c for i, r in enumerate(rows) for c in children.get(i, [r])]
-        frame = pd.DataFrame({c: [r[c] for r in out] for c in cols}, columns=batch.columns)
-        return typed(frame, self.schema)
+        return self.frame(batch, [c for i, r in enumerate(rows) for c in children.get(i, [r])])
 
     def views_of_row(self, parent: dict, replies: dict) -> list[dict]:
         """The parent's children, one per view; replies: view index -> the teacher's reply."""
@@ -430,25 +429,13 @@ class AugmentDocument(FanOutStage):
         prompt, completion = _split(parent["prompt_tokens"], w), _split(parent["completion_tokens"], w)
         kids = []
         for j, view in enumerate(self.views):
-            child = dict(parent, view=view, prompt_tokens=prompt[j], completion_tokens=completion[j])
-            if w > 1:  # one view is no fan-out: the row keeps its id and place
-                child.update(id=child_id(parent["id"], self.stage, j),
-                             item_path=f"{parent['item_path']}.{j}" if parent["item_path"] else str(j))
+            # one view is no fan-out: the row keeps its id and place
+            child = dict(self.child(parent, j, w, prompt, completion) if w > 1 else parent, view=view)
             kids.append(child)
             if view == "document":
                 child["document_view"] = parent["context"]
-                continue
-            reply = replies[j]
-            child["prompt_tokens"] += reply.prompt_tokens
-            child["completion_tokens"] += reply.completion_tokens
-            if not reply.ok:
-                reason = "unparsable" if reply.error == "unparsable" else "teacher_error"
-                self.drop(child, reason, f"{reply.error}: {reply.detail or ''}"[:300])
-                continue
-            try:
-                self.apply(child, reply, view)
-            except (ValueError, KeyError, TypeError) as e:
-                self.drop(child, "unparsable", f"{type(e).__name__}: {e}"[:300])
+            elif self.charge(child, replies[j]):
+                self.settle(child, replies[j], view)
         return kids
 
 
