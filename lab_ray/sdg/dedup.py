@@ -10,7 +10,8 @@ import re
 import pandas as pd
 
 
-def _norm(text: str) -> str:
+def normalized(text: str) -> str:
+    """The text dedup compares: casefolded, punctuation and repeated whitespace removed."""
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", "", str(text).casefold())).strip()
 
 
@@ -20,7 +21,7 @@ def _shingles(text: str, k: int = 3) -> set[str]:
 
 
 def _texts(kept: pd.DataFrame) -> list[str]:
-    return [_norm(f"{c if k == 'grounded' else ''} {q} {a}")
+    return [normalized(f"{c if k == 'grounded' else ''} {q} {a}")
             for c, k, q, a in zip(kept["context"], kept["kind"], kept["question"], kept["answer"])]
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 
 from lab_ray.errors import ConfigError
 from lab_ray.prompts import MemoRenderer, load_prompt
+from lab_ray.sdg.dedup import normalized
 from lab_ray.sdg.columns import ANSWER, CONTEXT, DOCUMENT_VIEW, QUESTION, VIEW, Column, add_missing, score_col, row_schema, typed
 from lab_ray.sdg.parsing import clean_single, parse_tagged
 from lab_ray.sdg.tasks import child_id
@@ -251,10 +252,6 @@ def _split(total: int, n: int) -> list[int]:
     return [q + (j < r) for j in range(n)]
 
 
-def _norm(text: str) -> str:
-    return " ".join(str(text).casefold().split())
-
-
 def check_fanout(fanout: dict | None) -> None:
     """sdg.fanout names fan-out stages and positive widths; anything else is a config error."""
     names = [s.stage for s in PIPELINE if issubclass(s, FanOutStage) and not getattr(s, "optional", False)]
@@ -288,7 +285,7 @@ class GenerateContext(FanOutStage):
         row["context"] = text
 
     def distinct_key(self, row):
-        return _norm(row["context"])
+        return normalized(row["context"])
 
 
 class GenerateInstruction(FanOutStage):
@@ -314,7 +311,7 @@ class GenerateInstruction(FanOutStage):
         row["question"] = text
 
     def distinct_key(self, row):
-        return _norm(row["question"])
+        return normalized(row["question"])
 
 
 class JudgeInstruction(JudgeStage):
@@ -461,7 +458,7 @@ class GenerateKnowledgeQA(FanOutStage):
         row["question"], row["answer"] = items[0]["question"], items[0]["answer"]
 
     def distinct_key(self, row):
-        return _norm(row["question"])
+        return normalized(row["question"])
 
 
 class JudgeFaithfulness(JudgeStage):
