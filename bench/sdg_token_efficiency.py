@@ -95,8 +95,12 @@ def leaf_rows(side: dict) -> list[dict]:
         kept = int(s["kept"])
         qs = side["samples"][side["samples"]["leaf"] == leaf]["question"].tolist()
         exact, near = uniqueness(qs)
+        # per stage: kept/in, and the stage's teacher tokens (prompt+completion) per accepted sample
         stages = ", ".join(f"{st['stage']}{'x' + str(st['fanout']) if st.get('fanout') else ''} "
-                           f"{st['kept']}/{st['in']}" for st in s["stages"])
+                           f"{st['kept']}/{st['in']}"
+                           + (f" [{(st.get('prompt_tokens', 0) + st.get('completion_tokens', 0)) / max(1, kept):.0f} tok]"
+                              if st.get("prompt_tokens") else "")
+                           for st in s["stages"])
         out.append({"leaf": leaf, "candidates": int(s["rows"]), "kept": kept,
                     "prompt": int(s["prompt_tokens"]), "completion": int(s["completion_tokens"]),
                     "per_kept": (int(s["prompt_tokens"]) + int(s["completion_tokens"])) / kept if kept else float("inf"),

@@ -117,11 +117,16 @@ def section_funnel(doc: Doc, inp: RunInputs, out: Path, dpi: int) -> None:
         for i, st in enumerate(s.get("stages") or []):
             dropped = ", ".join(f"{r} {n}" for r, n in (st.get("dropped") or {}).items()) or "-"
             stage = st.get("stage") + (f" (fan-out x{st['fanout']})" if st.get("fanout") else "")
-            rows.append([leaf if i == 0 else "", stage, st.get("in"), st.get("kept"), dropped])
+            tokens = (st.get("prompt_tokens") or 0) + (st.get("completion_tokens") or 0)
+            per_kept = f"{tokens / s['kept']:.0f}" if tokens and s.get("kept") else "-"
+            rows.append([leaf if i == 0 else "", stage, st.get("in"), st.get("kept"), dropped,
+                         tokens or "-", per_kept])
         if not s.get("stages"):
             rows.append([leaf, "(all)", s.get("rows"), s.get("kept"),
-                         ", ".join(f"{r} {n}" for r, n in (s.get("dropped") or {}).items()) or "-"])
-    doc.table(["leaf", "stage", "in", "kept", "dropped (reason count)"], rows)
+                         ", ".join(f"{r} {n}" for r, n in (s.get("dropped") or {}).items()) or "-", "-", "-"])
+    # Tokens per stage over the leaf's accepted samples: where the teacher's cost of a sample goes.
+    doc.table(["leaf", "stage", "in", "kept", "dropped (reason count)", "teacher tokens",
+               "tokens per accepted sample"], rows)
 
 
 def section_teacher(doc: Doc, inp: RunInputs, out: Path, dpi: int) -> None:

@@ -68,12 +68,24 @@ VIEW = text_col("view", "knowledge augmentation: the view of the chunk the Q/A c
 DOCUMENT_VIEW = text_col("document_view", "knowledge augmentation: that view's text (the chunk itself for 'document')")
 
 
+def stage_token_columns(stage: str) -> tuple[Column, Column]:
+    """The teacher tokens one stage spent on a row (prompt, completion): the per-stage split of
+    prompt_tokens / completion_tokens, so stats can say which stage the tokens went to."""
+    return (int_col(f"{stage}_prompt_tokens", f"teacher prompt tokens {stage} spent on the row"),
+            int_col(f"{stage}_completion_tokens", f"teacher completion tokens {stage} spent on the row"))
+
+
+def token_columns(columns: Iterable[str]) -> list[str]:
+    """The token-count columns among these: the row totals and every stage's split."""
+    return [c for c in columns if c.endswith(("prompt_tokens", "completion_tokens"))]
+
+
 def row_schema(stages: Iterable[type]) -> dict[str, Column]:
-    """Task + state columns + every output the given stages declare, in that order.
-    Two stages declaring one column must agree on its type."""
+    """Task + state columns + every output the given stages declare (and each stage's token
+    columns), in that order. Two stages declaring one column must agree on its type."""
     schema = {c.name: c for c in (*TASK_COLUMNS, *STATE_COLUMNS)}
     for stage in stages:
-        for col in stage.outputs:
+        for col in (*stage.outputs, *stage_token_columns(stage.stage)):
             known = schema.setdefault(col.name, col)
             if known.dtype != col.dtype:
                 raise TypeError(f"column {col.name}: {stage.__name__} declares {col.dtype}, another {known.dtype}")

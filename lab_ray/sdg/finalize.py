@@ -17,7 +17,8 @@ from lab_ray.sdg.dedup import SIGNATURE_COLUMNS, duplicates, mark_duplicates, si
 from lab_ray.sdg.limits import task_pool
 from lab_ray.sdg.mixing import plan_datasets
 from lab_ray.sdg.stages import effective_fanout
-from lab_ray.sdg.stats import COUNT_KEYS, GROUP_KEYS, block_counts, funnel, sum_counts
+from lab_ray.sdg.columns import token_columns
+from lab_ray.sdg.stats import GROUP_KEYS, block_counts, funnel, sum_counts
 from lab_ray.sdg.tasks import in_plan
 from lab_ray.sdg.writer import parquet_bytes, parquet_columns, read_parquet, shard_files, write_jsonl
 from lab_ray.storage import StoragePath, atomic_write_bytes, read_json, replace_dir, run_dir
@@ -160,6 +161,6 @@ def _write_shard_outputs(batch, dups, final_dir: str, samples_dir: str, data_dir
         if len(kept):
             _write_parquet(kept, samples_dir)
             phases = write_jsonl(kept, data_dir, long_words).to_dict("records")
-        cols = [c for c in (*GROUP_KEYS, "item_path", *COUNT_KEYS[1:]) if c in batch.columns]
+        cols = [c for c in (*GROUP_KEYS, "item_path") if c in batch.columns] + token_columns(batch.columns)
         stats = block_counts(batch[cols]).to_dict("records")
     return pd.DataFrame({"phases": [json.dumps(phases, default=int)], "stats": [json.dumps(stats, default=int)]})

@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from lab_ray.durations import hms as _hms
-from lab_ray.sdg.stats import COUNT_KEYS, GROUP_KEYS, block_counts, funnel
+from lab_ray.sdg.stats import GROUP_KEYS, block_counts, funnel
 from lab_ray.sdg.stages import effective_fanout, stage_kinds, stages_for
 from lab_ray.sdg.tasks import quota_rows
 from lab_ray.sdg.writer import shard_files
@@ -234,17 +234,18 @@ class GenerationProgress:
         if not len(df) or "rows" not in df.columns:
             return
         with self._lock:
-            for rec in zip(*(df[k].tolist() for k in (*GROUP_KEYS, *COUNT_KEYS))):
-                key, counts = rec[:len(GROUP_KEYS)], rec[len(GROUP_KEYS):]
-                leaf, status, rows = str(key[0]), key[2], int(counts[0])
+            counts_cols = [c for c in df.columns if c not in GROUP_KEYS]
+            for rec in zip(*(df[k].tolist() for k in (*GROUP_KEYS, *counts_cols))):
+                key, counts = rec[:len(GROUP_KEYS)], dict(zip(counts_cols, rec[len(GROUP_KEYS):]))
+                leaf, status, rows = str(key[0]), key[2], int(counts["rows"])
                 quota_part = rows * quota_rows(str(key[1]), int(key[5] or 0), self.fanout)
                 c = self.leaves.setdefault(leaf, {"done": 0, "kept": 0})
                 c["done"] += quota_part
                 c["kept"] += rows if status == "ok" else 0
                 self.this_pass += quota_part
-                g = self.groups.setdefault(key, [0] * len(COUNT_KEYS))
-                for i, n in enumerate(counts):
-                    g[i] += int(n or 0)
+                g = self.groups.setdefault(key, {})
+                for k, n in counts.items():
+                    g[k] = g.get(k, 0) + int(n or 0)
 
     # -- snapshots ----------------------------------------------------------------
     def snapshot(self, state: str = "running", error: str | None = None) -> dict:
@@ -257,6 +258,8 @@ class GenerationProgress:
             except Exception:  # noqa: BLE001 - keep the last one
                 pass
         stages = self._stages_snapshot.get("stages", {})
+        if state == "done":
+            stages = self._exact_stages(stages)
         tokens = sum(s.get("completion_tokens", 0) for s in stages.values())
         t_prev, tok_prev = self._last_tokens
         if state != "running":  # the pass's average
@@ -278,8 +281,6 @@ class GenerationProgress:
             todo = self.total - self.resumed
             entered = min(_entered(stages), todo)  # a batch Ray retried counts twice
             eta = (todo - entered) / (entered / elapsed) if 0 < entered < todo and elapsed > 0 else None
-        if state == "done":
-            stages = self._exact_stages(stages)
         flight = {} if state != "running" else self._stages_snapshot.get("in_flight", {})
         retries = sum(s.get("retries", 0) for s in stages.values())
         errors = sum(s.get("dropped", {}).get("teacher_error", 0) for s in stages.values())
@@ -297,19 +298,18 @@ class GenerationProgress:
         }
 
     def _exact_stages(self, live: dict) -> dict:
-        """Per stage in/kept/dropped of this pass from the writer's exact counts (the stage actors'
-        own counts include batches Ray retried after an actor died); tokens stay the actors' counts."""
+        """Per stage in/kept/dropped/tokens of this pass from the writer's exact counts (the stage
+        actors' own counts include batches Ray retried after an actor died, and their last
+        flushes may not have arrived); retries stay the actors' counts."""
         with self._lock:
-            groups = [{**dict(zip(GROUP_KEYS, k)), **dict(zip(COUNT_KEYS, v))} for k, v in self.groups.items()]
+            groups = [{**dict(zip(GROUP_KEYS, k)), **v} for k, v in self.groups.items()]
         out: dict[str, dict] = {}
         for leaf in funnel(groups, self.fanout)["leaves"].values():
             for st in leaf["stages"]:
                 if st["stage"] == "dedup":
                     continue
-                s = out.setdefault(st["stage"], {**_empty_stage(), **{k: live.get(st["stage"], {}).get(k, 0)
-                                                                      for k in ("prompt_tokens", "completion_tokens",
-                                                                                "retries")}})
-                _merge(s, {"in": st["in"], "kept": st["kept"], "dropped": st["dropped"]})
+                s = out.setdefault(st["stage"], {**_empty_stage(), "retries": live.get(st["stage"], {}).get("retries", 0)})
+                _merge(s, {k: st[k] for k in ("in", "kept", "dropped", "prompt_tokens", "completion_tokens")})
         return out
 
     def save(self, snap: dict) -> None:

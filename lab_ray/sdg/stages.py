@@ -25,7 +25,8 @@ import pandas as pd
 from lab_ray.errors import ConfigError
 from lab_ray.prompts import MemoRenderer, load_prompt
 from lab_ray.sdg.dedup import normalized
-from lab_ray.sdg.columns import ANSWER, CONTEXT, DOCUMENT_VIEW, QUESTION, VIEW, Column, add_missing, score_col, row_schema, typed
+from lab_ray.sdg.columns import (ANSWER, CONTEXT, DOCUMENT_VIEW, QUESTION, VIEW, Column, add_missing, score_col,
+                                 row_schema, token_columns, typed)
 from lab_ray.sdg.parsing import clean_single, parse_tagged
 from lab_ray.sdg.tasks import child_id
 from lab_ray.teacher.client import make_teacher
@@ -94,9 +95,12 @@ class TeacherStage:
                      self.schema)
 
     def charge(self, row: dict, reply) -> bool:
-        """Adds the reply's tokens to the row; a failed request drops it. True: apply the reply."""
+        """Adds the reply's tokens to the row (its totals and this stage's split); a failed request
+        drops it. True: apply the reply."""
         row["prompt_tokens"] += reply.prompt_tokens
         row["completion_tokens"] += reply.completion_tokens
+        row[f"{self.stage}_prompt_tokens"] += reply.prompt_tokens
+        row[f"{self.stage}_completion_tokens"] += reply.completion_tokens
         if not reply.ok:
             reason = "unparsable" if reply.error == "unparsable" else "teacher_error"
             self.drop(row, reason, f"{reply.error}: {reply.detail or ''}"[:300])
@@ -221,19 +225,25 @@ class FanOutStage(TeacherStage):
         children = {i: self.fan_out(rows[i], reply) for i, reply in zip(live, replies) if self.charge(rows[i], reply)}
         return self.frame(batch, [c for i, r in enumerate(rows) for c in children.get(i, [r])])
 
-    def child(self, parent: dict, j: int, w: int, prompt: list[int], completion: list[int]) -> dict:
-        """The j-th of w children of a parent row: derived id, item path, its share of the parent's tokens."""
+    def child(self, parent: dict, j: int, w: int, shares: dict[str, list[int]]) -> dict:
+        """The j-th of w children of a parent row: derived id, item path, its share of each of the
+        parent's token counts (`token_shares`)."""
         return dict(parent, id=child_id(parent["id"], self.stage, j),
                     item_path=f"{parent['item_path']}.{j}" if parent["item_path"] else str(j),
-                    prompt_tokens=prompt[j], completion_tokens=completion[j])
+                    **{c: split[j] for c, split in shares.items()})
+
+    @staticmethod
+    def token_shares(parent: dict, w: int) -> dict[str, list[int]]:
+        """Every token count of the row in w integer parts that sum to it (sums stay exact)."""
+        return {c: _split(parent[c], w) for c in token_columns(parent) if parent[c]}
 
     def fan_out(self, parent: dict, reply) -> list[dict]:
         w = self.width
-        prompt, completion = _split(parent["prompt_tokens"], w), _split(parent["completion_tokens"], w)
+        shares = self.token_shares(parent, w)
         seen: set[str] = set()
         kids = []
         for j in range(w):
-            child = self.child(parent, j, w, prompt, completion)
+            child = self.child(parent, j, w, shares)
             kids.append(child)
             if j >= len(reply.texts):
                 self.drop(child, "teacher_error", f"the teacher returned {len(reply.texts)} of {w} completions")
@@ -423,11 +433,11 @@ class AugmentDocument(FanOutStage):
     def views_of_row(self, parent: dict, replies: dict) -> list[dict]:
         """The parent's children, one per view; replies: view index -> the teacher's reply."""
         w = len(self.views)
-        prompt, completion = _split(parent["prompt_tokens"], w), _split(parent["completion_tokens"], w)
+        shares = self.token_shares(parent, w)
         kids = []
         for j, view in enumerate(self.views):
             # one view is no fan-out: the row keeps its id and place
-            child = dict(self.child(parent, j, w, prompt, completion) if w > 1 else parent, view=view)
+            child = dict(self.child(parent, j, w, shares) if w > 1 else parent, view=view)
             kids.append(child)
             if view == "document":
                 child["document_view"] = parent["context"]

@@ -11,10 +11,11 @@ import time
 
 import pandas as pd
 
+from lab_ray.sdg.columns import token_columns
 from lab_ray.sdg.stages import stage_order
 
 GROUP_KEYS = ("leaf", "kind", "status", "drop_stage", "drop_reason", "depth")
-COUNT_KEYS = ("rows", "prompt_tokens", "completion_tokens")
+TOTALS = ("prompt_tokens", "completion_tokens")  # a row's tokens over all stages
 
 
 def fanout_depth(item_path: pd.Series) -> pd.Series:
@@ -24,28 +25,41 @@ def fanout_depth(item_path: pd.Series) -> pd.Series:
 
 
 def block_counts(batch: pd.DataFrame) -> pd.DataFrame:
-    """Rows and teacher tokens per (leaf, kind, status, drop stage, drop reason, fan-out depth) of one block."""
+    """Rows and teacher tokens (totals and per stage) per (leaf, kind, status, drop stage, drop
+    reason, fan-out depth) of one block."""
+    tokens = token_columns(batch.columns)
     if not len(batch):
-        return pd.DataFrame({k: [] for k in (*GROUP_KEYS, *COUNT_KEYS)})
+        return pd.DataFrame({k: [] for k in (*GROUP_KEYS, "rows", *tokens)})
     batch = batch.assign(depth=fanout_depth(batch["item_path"]) if "item_path" in batch else 0)
     g = batch.groupby(list(GROUP_KEYS), dropna=False, sort=False)
-    return g.agg(rows=("status", "size"), prompt_tokens=("prompt_tokens", "sum"),
-                 completion_tokens=("completion_tokens", "sum")).reset_index()
+    return g.agg(rows=("status", "size"), **{c: (c, "sum") for c in tokens}).reset_index()
 
 
 def sum_counts(partial: list[dict]) -> list[dict]:
-    """Block counts summed per group."""
-    totals: dict[tuple, list[int]] = {}
+    """Block counts summed per group (a count a block lacks counts 0: shards written before a
+    column existed)."""
+    totals: dict[tuple, dict[str, int]] = {}
     for r in partial:
-        t = totals.setdefault(tuple(r[k] for k in GROUP_KEYS), [0] * len(COUNT_KEYS))
-        for i, k in enumerate(COUNT_KEYS):
-            t[i] += int(r[k] or 0)
-    return [{**dict(zip(GROUP_KEYS, k)), **dict(zip(COUNT_KEYS, v))}
+        t = totals.setdefault(tuple(r[k] for k in GROUP_KEYS), {})
+        for k, v in r.items():
+            if k not in GROUP_KEYS:
+                t[k] = t.get(k, 0) + int(v or 0)
+    return [{**dict(zip(GROUP_KEYS, k)), "rows": 0, "prompt_tokens": 0, "completion_tokens": 0, **v}
             for k, v in sorted(totals.items(), key=lambda kv: tuple(str(x) for x in kv[0]))]
 
 
+def stage_tokens(group: dict) -> dict[str, list[int]]:
+    """stage -> [prompt, completion] tokens of one counted group."""
+    out: dict[str, list[int]] = {}
+    for k, v in group.items():
+        for i, part in enumerate(("_prompt_tokens", "_completion_tokens")):
+            if k.endswith(part) and k not in TOTALS and v:
+                out.setdefault(k[: -len(part)], [0, 0])[i] += int(v)
+    return out
+
+
 def funnel(groups: list[dict], fanout: dict | None = None) -> dict:
-    """Per leaf and stage: rows in, kept, dropped by reason; tokens per leaf.
+    """Per leaf and stage: rows in, kept, dropped by reason, teacher tokens; tokens per leaf.
 
     Counts are in rows at that stage: a fan-out stage of width n takes `in` rows and makes
     n of each live one, so (in - rows it dropped whole) x n = kept + children it dropped.
@@ -53,11 +67,15 @@ def funnel(groups: list[dict], fanout: dict | None = None) -> dict:
     leaves: dict[str, dict] = {}
     for g in groups:
         leaf = leaves.setdefault(g["leaf"], {"kind": g["kind"], "rows": 0, "kept": 0, "dropped": {},
-                                             "prompt_tokens": 0, "completion_tokens": 0, "_by_stage": {}})
+                                             "prompt_tokens": 0, "completion_tokens": 0, "_by_stage": {},
+                                             "_tokens": {}})
         n = int(g["rows"])
         leaf["rows"] += n
         leaf["prompt_tokens"] += int(g["prompt_tokens"] or 0)
         leaf["completion_tokens"] += int(g["completion_tokens"] or 0)
+        for stage, (p, c) in stage_tokens(g).items():
+            t = leaf["_tokens"].setdefault(stage, [0, 0])
+            t[0], t[1] = t[0] + p, t[1] + c
         if g["status"] == "ok":
             leaf["kept"] += n
         else:
@@ -66,7 +84,9 @@ def funnel(groups: list[dict], fanout: dict | None = None) -> dict:
             by[g["drop_reason"]] = by.get(g["drop_reason"], 0) + n
     for leaf in leaves.values():
         leaf["stages"] = _stage_counts(leaf["kind"], leaf["_by_stage"], leaf["rows"], fanout)
-        del leaf["_by_stage"]
+        for s in leaf["stages"]:  # the teacher tokens each stage spent on the leaf's rows
+            s["prompt_tokens"], s["completion_tokens"] = leaf["_tokens"].get(s["stage"], [0, 0])
+        del leaf["_by_stage"], leaf["_tokens"]
     total = {k: sum(v[k] for v in leaves.values()) for k in ("rows", "kept", "prompt_tokens", "completion_tokens")}
     reasons: dict[str, int] = {}
     for v in leaves.values():

@@ -128,7 +128,16 @@ def test_per_stage_counts_add_up_through_nested_fanouts(ray_cluster, tmp_path):
             assert w == fanout.get(s["stage"], 1)
             assert s["in"] * w >= s["kept"] + (sum(s["dropped"].values()) if w == 1 else 0)
         assert stages[-1]["kept"] == result.stats["leaves"][LEAVES[kind]]["kept"]
+        # tokens per stage: every teacher stage spent some, and they add up to the leaf's totals
+        leaf = result.stats["leaves"][LEAVES[kind]]
+        teacher_stages = [s for s in stages if s["stage"] != "dedup"]
+        assert all(s["prompt_tokens"] > 0 for s in teacher_stages), teacher_stages
+        for key in ("prompt_tokens", "completion_tokens"):
+            assert sum(s[key] for s in stages) == leaf[key] > 0
     final = got["final"]
+    # per row too: a row's stage split sums to its totals, through both fan-outs
+    split = final.filter(regex=r"^(gen|judge)_\w+_prompt_tokens$").sum(axis=1)
+    assert (split == final["prompt_tokens"]).all()
     assert final["id"].is_unique and len(final) > result.tasks
     # rows out of gen_instruction = 3 x the rows that reached it alive (a fan-out makes exactly w)
     grounded = final[final["kind"] == "grounded"]
