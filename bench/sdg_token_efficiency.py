@@ -133,7 +133,10 @@ def main() -> None:
             print(f"\n[{target} / {side}] whole command {r['wall_s']:.0f} s (generation {r['gen_s']} s), "
                   f"load {os.getloadavg()[0]:.1f}: {tot['rows']} candidates, {tot['kept']} accepted, "
                   f"{tot['prompt_tokens']} prompt + {tot['completion_tokens']} completion tokens = "
-                  f"{(tot['prompt_tokens'] + tot['completion_tokens']) / kept:.0f} per accepted, "
+                  f"{(tot['prompt_tokens'] + tot['completion_tokens']) / kept:.0f} per accepted "
+                  f"({tot.get('cached_prompt_tokens', 0)} prompt tokens from the prefix cache: "
+                  f"{(tot['prompt_tokens'] - tot.get('cached_prompt_tokens', 0) + tot['completion_tokens']) / kept:.0f}"
+                  f" computed per accepted), "
                   f"{tot['kept'] / (r['wall_s'] / 60):.2f} accepted/min", flush=True)
             for row in leaf_rows(r):
                 print(f"  {row['leaf']}: {row['kept']}/{row['candidates']} accepted ({row['acceptance']:.0%}), "
@@ -142,7 +145,10 @@ def main() -> None:
                       f"{row['per_min']:.2f}/min\n    stages: {row['stages']}", flush=True)
         off, on = (sides[s]["stats"]["total"] for s in ("off", "fanout"))
         per = lambda t: (t["prompt_tokens"] + t["completion_tokens"]) / max(1, t["kept"])  # noqa: E731
-        print(f"\n[{target}] tokens per accepted: fanout/off = {per(on) / per(off):.3f} (target <= 0.333); "
+        # computed: what the teacher ran (prompt tokens its prefix cache served cost no compute)
+        computed = lambda t: (t["prompt_tokens"] - t.get("cached_prompt_tokens", 0) + t["completion_tokens"]) / max(1, t["kept"])  # noqa: E731
+        print(f"\n[{target}] tokens per accepted: fanout/off = {per(on) / per(off):.3f} billed, "
+              f"{computed(on) / computed(off):.3f} computed (target <= 0.333); "
               f"acceptance off {off['kept'] / off['rows']:.2f}, fanout {on['kept'] / on['rows']:.2f}; "
               f"accepted/min fanout/off = {(on['kept'] / sides['fanout']['wall_s']) / max(1e-9, off['kept'] / sides['off']['wall_s']):.2f}",
               flush=True)

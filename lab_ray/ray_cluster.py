@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 
-def init_ray(ray_cfg) -> None:
+def init_ray(ray_cfg, reserved_cpus: float = 0.0) -> None:
     """Attach to `ray.address` if set (a Ray Job's own cluster, or a remote head),
-    else start a fresh local cluster. A no-op when already connected."""
+    else start a fresh local cluster. A no-op when already connected.
+
+    reserved_cpus: logical CPUs a service deployed on this local cluster holds for the whole
+    command (a vLLM teacher's engine and server). When `ray.num_cpus` is unset they come on top
+    of the machine's cores, so the command's own tasks still schedule beside the service."""
+    import math
+    import os
+
     import ray
 
     if ray.is_initialized():
@@ -19,7 +26,10 @@ def init_ray(ray_cfg) -> None:
     for attempt in range(3):
         try:
             # "local": always a fresh in-process cluster, never a stale one found in /tmp/ray
-            ray.init(address="local", num_cpus=ray_cfg.num_cpus, **kwargs)
+            num_cpus = ray_cfg.num_cpus
+            if num_cpus is None and reserved_cpus:
+                num_cpus = (os.cpu_count() or 1) + math.ceil(reserved_cpus)
+            ray.init(address="local", num_cpus=num_cpus, **kwargs)
             return
         except Exception as e:  # Ray gives a starting raylet 30 s; an overloaded box can miss that
             if "timed out during startup" not in str(e) or attempt == 2:

@@ -141,6 +141,10 @@ def section_teacher(doc: Doc, inp: RunInputs, out: Path, dpi: int) -> None:
             for leaf, s in sorted(stats.items())]
     rows.append(["total", pt, ct, f"{(pt + ct) / max(1, total.get('kept', 0) or 1):.0f}"])
     doc.table(["leaf", "prompt tokens", "completion tokens", "teacher tokens per accepted sample"], rows)
+    cached = total.get("cached_prompt_tokens") or 0
+    if cached:  # vLLM's prefix cache: those prompt tokens were not computed again
+        doc.p(f"{cached} of the {pt} prompt tokens ({cached / max(1, pt):.0%}) came from the teacher's prefix "
+              f"cache: {(pt - cached + ct) / max(1, total.get('kept', 0) or 1):.0f} computed tokens per accepted sample.")
     secs = _generation_seconds(inp.stats)
     if secs:
         doc.p(f"Generation took {secs:.0f} s: {ct / secs:.1f} completion tokens/s, {(pt + ct) / secs:.1f} "

@@ -58,6 +58,7 @@ STATE_COLUMNS: tuple[Column, ...] = (
     text_col("drop_detail", "what the stage saw (truncated)"),
     int_col("prompt_tokens", "teacher prompt tokens spent on the row, summed over stages"),
     int_col("completion_tokens", "teacher completion tokens spent on the row, summed over stages"),
+    int_col("cached_prompt_tokens", "of prompt_tokens, those the teacher served from its prefix cache"),
 )
 
 # Shared output columns (several stages write them).

@@ -99,6 +99,7 @@ class TeacherStage:
         drops it. True: apply the reply."""
         row["prompt_tokens"] += reply.prompt_tokens
         row["completion_tokens"] += reply.completion_tokens
+        row["cached_prompt_tokens"] += reply.cached_tokens
         row[f"{self.stage}_prompt_tokens"] += reply.prompt_tokens
         row[f"{self.stage}_completion_tokens"] += reply.completion_tokens
         if not reply.ok:

@@ -15,7 +15,7 @@ from lab_ray.sdg.columns import token_columns
 from lab_ray.sdg.stages import stage_order
 
 GROUP_KEYS = ("leaf", "kind", "status", "drop_stage", "drop_reason", "depth")
-TOTALS = ("prompt_tokens", "completion_tokens")  # a row's tokens over all stages
+TOTALS = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens")  # a row's tokens over all stages
 
 
 def fanout_depth(item_path: pd.Series) -> pd.Series:
@@ -44,7 +44,7 @@ def sum_counts(partial: list[dict]) -> list[dict]:
         for k, v in r.items():
             if k not in GROUP_KEYS:
                 t[k] = t.get(k, 0) + int(v or 0)
-    return [{**dict(zip(GROUP_KEYS, k)), "rows": 0, "prompt_tokens": 0, "completion_tokens": 0, **v}
+    return [{**dict(zip(GROUP_KEYS, k)), "rows": 0, **dict.fromkeys(TOTALS, 0), **v}
             for k, v in sorted(totals.items(), key=lambda kv: tuple(str(x) for x in kv[0]))]
 
 
@@ -67,12 +67,13 @@ def funnel(groups: list[dict], fanout: dict | None = None) -> dict:
     leaves: dict[str, dict] = {}
     for g in groups:
         leaf = leaves.setdefault(g["leaf"], {"kind": g["kind"], "rows": 0, "kept": 0, "dropped": {},
-                                             "prompt_tokens": 0, "completion_tokens": 0, "_by_stage": {},
+                                             **dict.fromkeys(TOTALS, 0), "_by_stage": {},
                                              "_tokens": {}})
         n = int(g["rows"])
         leaf["rows"] += n
         leaf["prompt_tokens"] += int(g["prompt_tokens"] or 0)
         leaf["completion_tokens"] += int(g["completion_tokens"] or 0)
+        leaf["cached_prompt_tokens"] += int(g.get("cached_prompt_tokens") or 0)
         for stage, (p, c) in stage_tokens(g).items():
             t = leaf["_tokens"].setdefault(stage, [0, 0])
             t[0], t[1] = t[0] + p, t[1] + c
@@ -87,7 +88,7 @@ def funnel(groups: list[dict], fanout: dict | None = None) -> dict:
         for s in leaf["stages"]:  # the teacher tokens each stage spent on the leaf's rows
             s["prompt_tokens"], s["completion_tokens"] = leaf["_tokens"].get(s["stage"], [0, 0])
         del leaf["_by_stage"], leaf["_tokens"]
-    total = {k: sum(v[k] for v in leaves.values()) for k in ("rows", "kept", "prompt_tokens", "completion_tokens")}
+    total = {k: sum(v[k] for v in leaves.values()) for k in ("rows", "kept", *TOTALS)}
     reasons: dict[str, int] = {}
     for v in leaves.values():
         for r, n in v["dropped"].items():

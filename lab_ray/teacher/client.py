@@ -63,6 +63,9 @@ class TeacherReply:
     detail: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Of prompt_tokens, those the server took from its prefix cache (vLLM reports them with
+    # enable_prompt_tokens_details); 0 when it does not say.
+    cached_tokens: int = 0
     attempts: int = 0
     # Constrained choice: log P(choice) per allowed string, and normalised probabilities.
     choice_logprobs: dict[str, float] | None = None
@@ -85,6 +88,7 @@ class TeacherReply:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     requests: int = 0
     retries: int = 0
     failures: int = 0
@@ -257,10 +261,12 @@ class TeacherClient:
             raise TypeError("non-text choice")
         usage = data.get("usage") or {}
         reply = TeacherReply(True, texts, prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                             completion_tokens=int(usage.get("completion_tokens", 0)), attempts=attempts,
+                             completion_tokens=int(usage.get("completion_tokens", 0)),
+                             cached_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
+                             attempts=attempts,
                              choice_logprobs=choices[0].get("choice_logprobs"),
                              logprobs=[c.get("logprobs") for c in choices])
-        self._count(Usage(reply.prompt_tokens, reply.completion_tokens, 1, attempts - 1, 0))
+        self._count(Usage(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens, 1, attempts - 1, 0))
         return reply
 
 

@@ -17,15 +17,25 @@ from lab_ray.teacher.config import Backend
 def teacher_endpoint(cfg) -> Iterator[tuple[str, str | None]]:
     """(base URL, API key) for the run: the configured URL, or a teacher deployed for it
     (shut down when the block ends)."""
-    init_ray(cfg.ray)
     if cfg.teacher.base_url or cfg.teacher.backend == Backend.openai:
+        init_ray(cfg.ray)
         yield (cfg.teacher.base_url.rstrip("/"), api_key(cfg.teacher))
         return
+    init_ray(cfg.ray, reserved_cpus=_reserved_cpus(cfg.teacher))
     endpoint = deploy(cfg.teacher, cfg.ray)
     try:
         yield endpoint.base_url, endpoint.api_key
     finally:
         shutdown()
+
+
+def _reserved_cpus(teacher) -> float:
+    """The logical CPUs an in-run vLLM teacher holds (the CPU teacher's replicas hold none extra)."""
+    if teacher.backend != Backend.vllm:
+        return 0.0
+    from lab_ray.teacher.serve_vllm import logical_cpus
+
+    return logical_cpus(teacher)
 
 
 def serving_url(cfg) -> str | None:

@@ -37,7 +37,10 @@ def llm_config_kwargs(cfg, model_source: str | None = None, chat_template: str |
         raise LabRayError(f"teacher.vllm.device={v.device!r}: use gpu or cpu")
     engine = {"tensor_parallel_size": v.tensor_parallel_size, "max_model_len": v.max_model_len,
               "gpu_memory_utilization": v.gpu_memory_utilization, "enable_prefix_caching": v.enable_prefix_caching,
-              "dtype": v.dtype, "enforce_eager": v.enforce_eager, **dict(v.engine_kwargs)}
+              "dtype": v.dtype, "enforce_eager": v.enforce_eager,
+              # usage.prompt_tokens_details.cached_tokens: how much of each prompt the prefix cache
+              # served (the SDG stats count it; a frontend argument, which Ray passes through)
+              "enable_prompt_tokens_details": True, **dict(v.engine_kwargs)}
     if chat_template:
         engine["chat_template"] = chat_template
     deployment = {"max_ongoing_requests": v.max_ongoing_requests}
@@ -65,6 +68,18 @@ def llm_config_kwargs(cfg, model_source: str | None = None, chat_template: str |
     if v.env:
         kwargs["runtime_env"] = {"env_vars": {str(k): str(val) for k, val in dict(v.env).items()}}
     return kwargs
+
+
+def logical_cpus(cfg) -> float:
+    """Ray CPUs the app holds for as long as it serves: the engine's placement bundles, the
+    LLM server replica(s) and the ingress (Ray's default 1 where unset). On a machine where Ray
+    counts only the real cores, that is all a laptop has: nothing else would ever schedule."""
+    v = cfg.vllm
+    replicas = max(1, int(cfg.autoscaling.max_replicas))
+    bundles = sum(float(b.get("CPU", 0)) for b in v.placement_bundles) if v.placement_bundles else 1.0
+    replica = 1.0 if v.replica_num_cpus is None else float(v.replica_num_cpus)
+    ingress = 1.0 if v.ingress_num_cpus is None else float(v.ingress_num_cpus)
+    return replicas * (bundles + replica) + ingress
 
 
 def validate_llm_config(cfg):

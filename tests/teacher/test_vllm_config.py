@@ -67,3 +67,30 @@ def test_unknown_device_is_an_error():
     cfg = load_config(["teacher=vllm-cpu", "teacher.vllm.device=tpu"]).teacher
     with pytest.raises(LabRayError, match="device"):
         llm_config_kwargs(cfg)
+
+
+def test_an_in_run_vllm_teacher_gets_its_cpus_on_top_of_the_cores(tmp_path):
+    """The vllm-cpu app holds 1.2 logical CPUs for the whole command; on a 2-core machine a Ray
+    sized to the cores then never schedules finalize's tasks (a hang seen with `lab-ray generate
+    teacher=vllm-cpu`). With ray.num_cpus unset, the local cluster gets them on top."""
+    import os
+    import subprocess
+    import sys
+
+    from lab_ray.teacher.serve_vllm import logical_cpus
+
+    cpu = load_config(["teacher=vllm-cpu"]).teacher
+    assert logical_cpus(cpu) == pytest.approx(1.0 + 0.1 + 0.1)  # engine bundle, LLM server, ingress
+    mixtral = load_config(["teacher=mixtral-vllm"]).teacher
+    assert logical_cpus(mixtral) == pytest.approx(4 * (1 + 1) + 1)  # Ray's defaults, 4 replicas at most
+    code = ("import os, ray\nfrom lab_ray.config import load_config\nfrom lab_ray.ray_cluster import init_ray\n"
+            "from lab_ray.teacher.endpoint import _reserved_cpus\n"
+            "cfg = load_config(['teacher=vllm-cpu'])\n"
+            "init_ray(cfg.ray, reserved_cpus=_reserved_cpus(cfg.teacher))\n"
+            "print(int(ray.cluster_resources()['CPU']), os.cpu_count())\nray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=tmp_path, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ray_cpus, cores = map(int, out.stdout.split()[-2:])
+    assert ray_cpus == cores + 2
