@@ -48,11 +48,12 @@ def teacher_tokenizer(cfg):
 
 
 def first_token_scoring(teacher) -> bool:
-    """Does the client score choices by their first token? (structured_outputs: vLLM >= 0.12;
-    top_logprobs against any server but our CPU app, which scores whole choices.)"""
+    """Does the client score choices by their first token? Against any server but our CPU app
+    (which returns whole-choice likelihoods for either field) when it asks for structured_outputs
+    (vLLM >= 0.12) or for top_logprobs."""
     client = teacher.client
-    return (str(getattr(client.choice_field, "value", client.choice_field)) == "structured_outputs"
-            or (int(client.choice_top_logprobs) > 0 and teacher.backend != "cpu"))
+    field = str(getattr(client.choice_field, "value", client.choice_field))
+    return teacher.backend != "cpu" and (field == "structured_outputs" or int(client.choice_top_logprobs) > 0)
 
 
 def first_piece(choice: str, tokenizer=None) -> str:

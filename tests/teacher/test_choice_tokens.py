@@ -100,8 +100,9 @@ def test_colliding_choices_are_a_config_error_naming_file_and_choices(tmp_path):
                                           r"first token '\[\[' under the tokenizer of SmolLM2-135M-Instruct.*"
                                           r"single digits 1-9"):
         tk.check_choice_prompts(cfg, [prompt])
-    # The CPU teacher scores whole choices: the same prompt is fine there.
+    # The CPU teacher scores whole choices, whichever field asks for the choice: the same prompt is fine there.
     tk.check_choice_prompts(load_config([]), [prompt])
+    tk.check_choice_prompts(load_config(["teacher.client.choice_field=structured_outputs"]), [prompt])
     # An external vLLM (< 0.12: guided_choice) scored by top_logprobs is checked too.
     with pytest.raises(ConfigError, match="share their first token"):
         tk.check_choice_prompts(load_config(["teacher.backend=openai", "teacher.client.choice_top_logprobs=5"]),
