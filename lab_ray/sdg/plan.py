@@ -23,7 +23,7 @@ from lab_ray.sdg.tasks import LeafSpec, id_plan, leaf_spec
 from lab_ray.storage import atomic_write_json
 from lab_ray.taxonomy.diff import changed_leaves
 from lab_ray.taxonomy.loader import load_taxonomy
-from lab_ray.teacher.tokenizer import check_choice_prompts, teacher_source, teacher_tokenizer  # noqa: F401
+from lab_ray.teacher.tokenizer import check_choice_prompts, teacher_source, teacher_tokenizer
 
 # Room the knowledge prompt needs besides the chunk and the answer: system text,
 # principles, the leaf's own example (its context is a few hundred tokens at most).

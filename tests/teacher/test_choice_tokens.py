@@ -88,7 +88,7 @@ def _prompts_dir(tmp_path, **choices):
     shutil.copytree(conf_dir() / "prompts", d)
     for name, cs in choices.items():
         text = (d / f"{name}.yaml").read_text().split("\nchoices:")[0]
-        (d / f"{name}.yaml").write_text(text + f"\nchoices: {cs!r}\nscores: {dict((c, i) for i, c in enumerate(cs))!r}\n")
+        (d / f"{name}.yaml").write_text(text + f"\nchoices: {cs!r}\nscores: { {c: i for i, c in enumerate(cs)}!r}\n")
     return d
 
 
