@@ -38,6 +38,7 @@ class Prompt:
     positive: str | None = None
     scores: dict = field(default_factory=dict)
     output_tags: tuple[str, ...] = ()
+    path: str = field(default="", compare=False)  # the file it was loaded from (for errors)
 
     def variables(self) -> set[str]:
         """The row values the prompt reads: its templates' free variables; the
@@ -91,7 +92,7 @@ def load_prompt(name: str, directory: str | None = None) -> Prompt:
         raise ConfigError(f"prompt file {path} is not valid YAML: {e}")
     if not isinstance(data, dict) or "turn_user" not in data:
         raise ConfigError(f"prompt file {path} must be a mapping with at least `system` and `turn_user`")
-    known = set(Prompt.__dataclass_fields__) - {"name"}
+    known = set(Prompt.__dataclass_fields__) - {"name", "path"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"prompt file {path}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -103,7 +104,8 @@ def load_prompt(name: str, directory: str | None = None) -> Prompt:
     return Prompt(name=name, system=str(data.get("system", "")), turn_user=str(data["turn_user"]),
                   turn_assistant=str(data.get("turn_assistant", "")), stop=tuple(data.get("stop") or ()),
                   choices=tuple(str(c) for c in data.get("choices") or ()), positive=data.get("positive"),
-                  scores=dict(data.get("scores") or {}), output_tags=tuple(data.get("output_tags") or ()))
+                  scores=dict(data.get("scores") or {}), output_tags=tuple(data.get("output_tags") or ()),
+                  path=str(path))
 
 
 class MemoRenderer:

@@ -91,17 +91,6 @@ def skill_items(leaf, limit: int = 0) -> list[dict]:
     return items[:limit] if limit else items
 
 
-def _teacher_tokenizer(cfg):
-    from transformers import AutoTokenizer
-
-    from lab_ray.embedded_model import resolve_model
-
-    try:
-        return AutoTokenizer.from_pretrained(resolve_model(cfg.teacher.model_path or cfg.teacher.model))
-    except (OSError, ValueError):  # a remote teacher: chunk with the embedded tokenizer
-        return AutoTokenizer.from_pretrained(resolve_model("SmolLM2-135M-Instruct"))
-
-
 def _spread(items: list, n: int) -> list:
     """n items evenly spread over the list (all when it is short)."""
     if n <= 0 or len(items) <= n:
@@ -225,11 +214,13 @@ def build_eval_sets(cfg, teacher=None, tax=None) -> EvalSets:
     """Eval sets for the run; knowledge MCQs come from the cache or, for leaves
     missing or changed there, from the teacher (`teacher()` returns a client)."""
     from lab_ray.prompts import load_prompt
+    from lab_ray.teacher.tokenizer import check_choice_prompts, teacher_tokenizer
 
     tax = tax or load_leaves(cfg)
     sets = EvalSets()
     prompt = load_prompt("eval_mcq", cfg.eval.prompts_dir)
-    load_prompt("eval_judge", cfg.eval.prompts_dir)  # fail early on a broken judge prompt
+    # Fail early on a broken judge prompt, or rating choices the teacher cannot tell apart.
+    check_choice_prompts(cfg, [load_prompt("eval_judge", cfg.eval.prompts_dir)])
     cache_path = eval_dir(cfg) / MCQ_FILE
     cached, meta = _read_cache(cache_path)
     fingerprints = meta.get("fingerprints", {})
@@ -248,7 +239,7 @@ def build_eval_sets(cfg, teacher=None, tax=None) -> EvalSets:
             continue
         if teacher is None:
             raise LabRayError(f"knowledge MCQs for {leaf.path} are not cached in {cache_path} and no teacher is available")
-        tokenizer = tokenizer or _teacher_tokenizer(cfg)
+        tokenizer = tokenizer or teacher_tokenizer(cfg)
         mcqs, stats = generate_mcqs(cfg, leaf, docs, teacher(), tokenizer, prompt)
         sets.knowledge[leaf.path] = mcqs
         fingerprints[leaf.path], gen_stats[leaf.path] = fp, stats

@@ -23,6 +23,7 @@ from lab_ray.sdg.tasks import LeafSpec, id_plan, leaf_spec
 from lab_ray.storage import atomic_write_json
 from lab_ray.taxonomy.diff import changed_leaves
 from lab_ray.taxonomy.loader import load_taxonomy
+from lab_ray.teacher.tokenizer import check_choice_prompts, teacher_source, teacher_tokenizer
 
 # Room the knowledge prompt needs besides the chunk and the answer: system text,
 # principles, the leaf's own example (its context is a few hundred tokens at most).
@@ -61,25 +62,6 @@ def select_leaves(cfg):
     return tax
 
 
-def teacher_source(cfg) -> str:
-    """Where the served teacher's weights and tokenizer come from: a vLLM teacher serves
-    teacher.vllm.model_source under the name teacher.model."""
-    if cfg.teacher.model_path:
-        return cfg.teacher.model_path
-    return cfg.teacher.vllm.model_source if cfg.teacher.backend == "vllm" else cfg.teacher.model
-
-
-def teacher_tokenizer(cfg):
-    from transformers import AutoTokenizer
-
-    path = teacher_source(cfg)
-    try:
-        return AutoTokenizer.from_pretrained(resolve_model(path))
-    except (OSError, ValueError):
-        # A remote teacher's tokenizer is not local: chunk with the embedded one.
-        return AutoTokenizer.from_pretrained(resolve_model("SmolLM2-135M-Instruct"))
-
-
 def check_chunks_fit(cfg) -> None:
     """A chunk plus prompt plus answer must fit the teacher's context, or every
     knowledge request would come back as a 400 and be dropped as a teacher error."""
@@ -114,8 +96,8 @@ def build_plan(cfg) -> list[LeafSpec]:
     """One small spec per selected leaf (examples, chunks, persona, quota)."""
     tax = select_leaves(cfg)
     personas = load_personas(cfg.sdg.prompts_dir)
-    for name in PROMPT_NAMES:
-        load_prompt(name, cfg.sdg.prompts_dir)  # fail early on a broken prompt file
+    # Fail early on a broken prompt file, or judge choices the teacher cannot tell apart.
+    check_choice_prompts(cfg, [load_prompt(name, cfg.sdg.prompts_dir) for name in PROMPT_NAMES])
     check_fanout(OmegaConf.to_container(cfg.sdg.fanout) if cfg.sdg.get("fanout") is not None else None)
     effective_fanout(cfg.sdg)  # checks sdg.knowledge.views
     rules_from_config(cfg.sdg.mixing)  # a bad mixing rule fails now, not after generation

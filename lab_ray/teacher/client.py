@@ -31,6 +31,7 @@ import httpx
 from lab_ray.teacher.config import ChoiceField, ClientConfig
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
+MAX_TOP_LOGPROBS = 20
 
 
 def choice_logprobs_from_top(logprobs: Any, choices: list[str]) -> dict[str, float] | None:
@@ -141,7 +142,10 @@ class TeacherClient:
         constraint = ({"guided_choice": list(choices)} if self.choice_field is ChoiceField.guided_choice
                       else {"structured_outputs": {"choice": list(choices)}})
         if self.choice_top_logprobs:
-            constraint.update(logprobs=True, top_logprobs=self.choice_top_logprobs)
+            # One top token per choice at least (every choice gets its probability: a 1-9 scale
+            # needs 9), at most vLLM's default max_logprobs (20; more is a 400).
+            top = min(max(self.choice_top_logprobs, len(choices)), MAX_TOP_LOGPROBS)
+            constraint.update(logprobs=True, top_logprobs=top)
         reply = await self.chat(messages, **constraint, max_tokens=params.pop("max_tokens", 16),
                                 temperature=params.pop("temperature", 0.0), **params)
         if reply.ok and not reply.choice_logprobs:

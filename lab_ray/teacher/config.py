@@ -46,7 +46,9 @@ class ClientConfig:
     # or "structured_outputs" (vLLM >= 0.12 removed guided_choice and silently ignores it).
     choice_field: ChoiceField = ChoiceField.guided_choice
     # Ask for first-token top_logprobs with each choice, so a server that returns no
-    # per-choice likelihood (vLLM) still gives verdicts a probability.
+    # per-choice likelihood (vLLM) still gives verdicts a probability. The client asks
+    # for at least one per choice (at most 20); a judge's choices must then differ at
+    # their first token, which loading the prompts checks.
     choice_top_logprobs: int = 0
 
 

@@ -115,6 +115,21 @@ def test_pipeline_plan_fails_early_on_a_missing_user_prompt(tmp_path):
         build_plan(cfg)
 
 
+def test_plan_refuses_judge_choices_a_vllm_teacher_cannot_tell_apart(tmp_path):
+    """vLLM scores a choice by its first token: choices sharing it would all score alike."""
+    from lab_ray.sdg.plan import build_plan
+
+    d = _user_prompts(tmp_path)
+    text = (d / "pair_judge.yaml").read_text().split("\nchoices:")[0]
+    leaf = "sdg.leaves=[compositional_skills/writing/poetry/haiku]"
+    (d / "pair_judge.yaml").write_text(text + '\nchoices: ["good", "great", "bad"]\nscores: {good: 2, great: 3, bad: 1}\n')
+    build_plan(sdg_config(tmp_path, "p", f"sdg.prompts_dir={d}", "teacher=vllm-cpu", leaf))  # one token apart
+    (d / "pair_judge.yaml").write_text(text + '\nchoices: ["[[poor]]", "[[good]]"]\nscores: {"[[poor]]": 1, "[[good]]": 3}\n')
+    build_plan(sdg_config(tmp_path, "p", f"sdg.prompts_dir={d}", leaf))  # the CPU teacher scores whole choices
+    with pytest.raises(ConfigError, match=r"pair_judge\.yaml: choices '\[\[poor\]\]' and '\[\[good\]\]' share"):
+        build_plan(sdg_config(tmp_path, "p", f"sdg.prompts_dir={d}", "teacher=vllm-cpu", leaf))
+
+
 def test_personas_need_a_default_and_map_by_longest_path_prefix(tmp_path):
     personas = load_personas()
     assert {"default", "creative", "precise"} <= set(personas)

@@ -162,12 +162,16 @@ def test_structured_outputs_choice_with_top_logprobs_like_vllm(server):
     assert replies[1].choice_logprobs == {"3": 0.0, "2": -0.5, "1": -1.0}
 
 
-def test_choice_logprobs_missing_from_top_list_give_no_probability(server):
+def test_client_asks_one_top_logprob_per_choice_and_a_missing_one_gives_no_probability(server):
+    # choice_top_logprobs=1 still asks for one per choice (a 1-9 rating scale needs 9) ...
     client = _client(server.base_url, choice_field="structured_outputs", choice_top_logprobs=1)
-    reply = client.run_many([
-        ("choose", {"messages": [{"role": "user", "content": "d|vllm"}], "choices": ["yes", "no"]})])[0]
+    letters = [chr(ord("a") + i) for i in range(21)]  # ... but never more than vLLM's 20
+    reply, many = client.run_many([
+        ("choose", {"messages": [{"role": "user", "content": "d|vllm"}], "choices": ["yes", "no"]}),
+        ("choose", {"messages": [{"role": "user", "content": "e|vllm"}], "choices": letters})])
     client.close()
-    assert reply.ok and reply.text == "no" and reply.choice_logprobs is None
+    assert reply.ok and reply.text == "no" and set(reply.choice_logprobs) == {"yes", "no"}
+    assert many.ok and many.text == "u" and many.choice_logprobs is None  # "a" fell off the top 20
 
 
 def test_unknown_choice_field_is_refused():

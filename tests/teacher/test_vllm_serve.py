@@ -124,6 +124,52 @@ def test_our_client_judges_with_structured_outputs_and_gets_a_probability(served
         assert probs[reply.text] >= 0.5  # greedy under the constraint picks the likelier one
 
 
+def test_eval_judge_rates_with_the_models_own_probabilities(served):
+    """Issue 12: the eval judge through our client and eval's judge() on vLLM. Under [[1]]..[[10]]
+    every rating started with "[[", so first-token scoring gave all ten one probability (uniform,
+    every answer 5.5). The 1-9 scale gives each rating its own first token: the probabilities vLLM
+    returns equal whole-choice likelihoods of the same weights under transformers, and a right
+    answer outscores a wrong one."""
+    import math
+
+    from lab_ray.eval.runner import expected_score, judge, judge_calls
+    from lab_ray.prompts import load_prompt
+    from lab_ray.teacher.client import TeacherClient
+    from lab_ray.teacher.engine import Engine
+    from lab_ray.teacher.tokenizer import check_choice_prompts
+
+    endpoint, _, _, cfg = served
+    prompt = load_prompt("eval_judge")
+    check_choice_prompts(cfg, [prompt])  # the served model's tokenizer: every rating its own first token
+    c = cfg.teacher.client
+    client = TeacherClient(endpoint.base_url, endpoint.model, API_KEY, max_retries=0,
+                           choice_field=c.choice_field, choice_top_logprobs=c.choice_top_logprobs)
+    item = {"question": "What is 2 + 2?", "reference": "2 + 2 = 4."}
+    answers = ["2 + 2 = 4.", "I like turtles."]  # where the 135M model's ratings order right above wrong
+    calls = judge_calls(prompt, [item, item], answers)
+    try:
+        replies = client.run_many(calls)
+        verdicts = judge(lambda: client, prompt, [dict(item), dict(item)], answers, "vllm-judge-test")
+    finally:
+        client.close()
+    engine = Engine(cfg.teacher.vllm.model_source, threads=1)  # the served copy: folds system the same way
+    gap = 0.0
+    for (_, call), reply, verdict in zip(calls, replies, verdicts):
+        probs = reply.choice_probs()
+        assert reply.ok and probs is not None and list(probs) == list(prompt.choices), reply.error
+        assert max(probs.values()) - min(probs.values()) > 0.1  # far from uniform (0.11 each)
+        whole = engine.choice_logprobs(engine.chat_prompt(call["messages"]), list(prompt.choices))
+        total = sum(math.exp(v) for v in whole.values())
+        assert probs == {k: pytest.approx(math.exp(v) / total, abs=1e-3) for k, v in whole.items()}
+        gap = max(gap, *(abs(probs[k] - math.exp(v) / total) for k, v in whole.items()))
+        assert verdict["error"] is None and verdict["verdict"] == reply.text
+        assert verdict["score"] == pytest.approx(expected_score(probs, prompt.scores))
+    right, wrong = (v["score"] for v in verdicts)
+    print(f"eval judge on vLLM: right answer {right:.3f}, wrong answer {wrong:.3f} (1-10); "
+          f"max |p_vllm - p_transformers| {gap:.1e}")
+    assert right > wrong and abs(right - 5.5) > 1 and abs(wrong - 5.5) > 1
+
+
 def test_logprobs_chat_and_completions(served):
     endpoint, client, _, _ = served
     r = client.chat.completions.create(model=endpoint.model, messages=[SYSTEM, {"role": "user", "content": "Count."}],
