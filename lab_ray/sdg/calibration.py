@@ -71,11 +71,15 @@ def calibrate(specs: list[dict], teacher_spec: dict, sdg: dict) -> dict:
             good, bad = reference_rows(judge.stage, spec, others, refs, k)
             for label, rows in (("good", good), ("bad", bad)):
                 for row in rows:
-                    calls.append(judge.request(row))
+                    calls.append(row)
                     index.append((spec["leaf"], label))
         if not calls:
             continue
-        replies = teacher.run_many(calls)
+        if judge.rationale:  # references are judged exactly as rows will be: reasons, then verdict
+            asked = set(map(id, judge.with_reasons(calls, teacher, charge=False)))
+            index = [key for key, row in zip(index, calls) if id(row) in asked]
+            calls = [row for row in calls if id(row) in asked]
+        replies = teacher.run_many([judge.request(row) for row in calls])
         sums: dict[tuple[str, str], list[float]] = {}
         for key, reply in zip(index, replies):
             if reply.ok:

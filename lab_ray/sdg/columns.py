@@ -82,11 +82,11 @@ def token_columns(columns: Iterable[str]) -> list[str]:
 
 
 def row_schema(stages: Iterable[type]) -> dict[str, Column]:
-    """Task + state columns + every output the given stages declare (and each stage's token
-    columns), in that order. Two stages declaring one column must agree on its type."""
+    """Task + state columns + every output the given stages declare (and each stage's own state
+    columns: its token split, a judge's rationale), in that order. Two stages declaring one column must agree on its type."""
     schema = {c.name: c for c in (*TASK_COLUMNS, *STATE_COLUMNS)}
     for stage in stages:
-        for col in (*stage.outputs, *stage_token_columns(stage.stage)):
+        for col in (*stage.outputs, *stage.state_columns()):
             known = schema.setdefault(col.name, col)
             if known.dtype != col.dtype:
                 raise TypeError(f"column {col.name}: {stage.__name__} declares {col.dtype}, another {known.dtype}")

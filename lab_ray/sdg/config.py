@@ -24,9 +24,16 @@ class JudgeConfig:
     # Known-good references per leaf and judge (seeds), at most.
     max_references: int = 6
     # A judge whose good and bad reference levels differ by less than this
-    # cannot tell them apart for the leaf: its raw score is used instead
+    # fraction of its score's span (1 for P(yes), 2 for the pair judge's 1-3
+    # grade) cannot tell them apart for the leaf: its raw score is used instead
     # (calibrating on noise would amplify it).
     min_separation: float = 0.05
+    # Judges that write their reasons before the verdict (stage names, e.g. [judge_pair]):
+    # one more request per judged row, whose text (at most rationale_max_tokens) is given to
+    # the verdict, which stays the constrained choice and its probability (calibration too).
+    # For teachers strong enough to reason; texts in conf/prompts/judge_rationale.yaml.
+    rationale: List[str] = field(default_factory=list)
+    rationale_max_tokens: int = 96
 
 
 @dataclass

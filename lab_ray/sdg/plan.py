@@ -18,7 +18,7 @@ from lab_ray.errors import ConfigError, LabRayError
 from lab_ray.prompts import load_prompt
 from lab_ray.sdg.mixing import rules_from_config
 from lab_ray.sdg.personas import load_personas
-from lab_ray.sdg.stages import PROMPT_NAMES, check_fanout, effective_fanout
+from lab_ray.sdg.stages import PROMPT_NAMES, check_fanout, check_rationale, effective_fanout, load_rationale_texts
 from lab_ray.sdg.tasks import LeafSpec, id_plan, leaf_spec
 from lab_ray.storage import atomic_write_json
 from lab_ray.taxonomy.diff import changed_leaves
@@ -100,6 +100,8 @@ def build_plan(cfg) -> list[LeafSpec]:
     check_choice_prompts(cfg, [load_prompt(name, cfg.sdg.prompts_dir) for name in PROMPT_NAMES])
     check_fanout(OmegaConf.to_container(cfg.sdg.fanout) if cfg.sdg.get("fanout") is not None else None)
     effective_fanout(cfg.sdg)  # checks sdg.knowledge.views
+    if check_rationale(cfg.sdg):
+        load_rationale_texts(cfg.sdg.prompts_dir)
     rules_from_config(cfg.sdg.mixing)  # a bad mixing rule fails now, not after generation
     tokenizer = teacher_tokenizer(cfg) if any(leaf.is_knowledge for leaf in tax.leaves) else None
     if tokenizer is not None:  # some leaf is a knowledge leaf

@@ -26,7 +26,7 @@ from lab_ray.errors import ConfigError
 from lab_ray.prompts import MemoRenderer, load_prompt
 from lab_ray.sdg.dedup import normalized
 from lab_ray.sdg.columns import (ANSWER, CONTEXT, DOCUMENT_VIEW, QUESTION, VIEW, Column, add_missing, score_col,
-                                 row_schema, token_columns, typed)
+                                 row_schema, stage_token_columns, text_col, token_columns, typed)
 from lab_ray.sdg.parsing import clean_single, parse_tagged
 from lab_ray.sdg.tasks import child_id
 from lab_ray.teacher.client import make_teacher
@@ -62,6 +62,11 @@ class TeacherStage:
         self.memo = MemoRenderer(self.prompt)
         self.memo_ok = True  # False once the memoised render ever differed from Prompt.render
         self._check_next = True
+
+    @classmethod
+    def state_columns(cls) -> tuple[Column, ...]:
+        """Columns the stage keeps besides its outputs: the teacher tokens it spent on the row."""
+        return stage_token_columns(cls.stage)
 
     def applies(self, row: dict) -> bool:
         return row["kind"] in self.kinds
@@ -162,19 +167,75 @@ class JudgeStage(TeacherStage):
 
     threshold_key: ClassVar[str] = ""
 
+    def __init__(self, teacher_spec, sdg, calibration=None):
+        super().__init__(teacher_spec, sdg, calibration)
+        self.rationale = self.stage in check_rationale(sdg)
+        self.rationale_texts = load_rationale_texts(sdg.get("prompts_dir")) if self.rationale else {}
+
     @classmethod
     def score_column(cls) -> str:
         return cls.outputs[0].name
 
+    @classmethod
+    def rationale_column(cls) -> str:
+        return f"{cls.stage}_rationale"
+
+    @classmethod
+    def state_columns(cls):
+        return (*super().state_columns(),
+                text_col(cls.rationale_column(), f"{cls.stage}: the reasons the judge gave before its verdict "
+                                                 "(sdg.judge.rationale; '' = none asked)"))
+
     def request(self, row):
-        return self.choose(row)
+        kind, body = self.choose(row)
+        if self.rationale:  # the verdict comes after the judge's own reasons
+            choices = ", ".join(self.prompt.choices)
+            body["messages"] = [*body["messages"], {"role": "assistant", "content": row[self.rationale_column()]},
+                                {"role": "user", "content": self.rationale_texts["verdict"].format(choices=choices)}]
+        return kind, body
+
+    def ask_reasons(self, row) -> tuple[str, dict]:
+        """The judge's question with the request for reasons appended (greedy: a judgement)."""
+        messages = self.messages(row, with_examples=False)
+        last = dict(messages[-1], content=f"{messages[-1]['content']}\n\n{self.rationale_texts['ask']}")
+        return "chat", {"messages": [*messages[:-1], last], "temperature": 0.0,
+                        "max_tokens": int(self.sdg["judge"].get("rationale_max_tokens", 96))}
+
+    def with_reasons(self, rows: list[dict], teacher, charge: bool = True) -> list[dict]:
+        """Asks each row's reasons and records them; the rows whose request succeeded (a failed one
+        drops its row when `charge`: calibration only skips the reference)."""
+        replies = teacher.run_many([self.ask_reasons(r) for r in rows]) if rows else []
+        out = []
+        for row, reply in zip(rows, replies):
+            if (self.charge(row, reply) if charge else reply.ok):
+                row[self.rationale_column()] = reply.text.strip()[:2000]
+                out.append(row)
+        return out
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        if not self.rationale:
+            return super().__call__(batch)
+        batch, rows = self.rows_of(batch)
+        live = [r for r in rows if r["status"] == "ok" and self.applies(r)]
+        self._check_next = True
+        reasoned = self.with_reasons(live, self.teacher)
+        replies = self.teacher.run_many([self.request(r) for r in reasoned]) if reasoned else []
+        for row, reply in zip(reasoned, replies):
+            if self.charge(row, reply):
+                self.settle(row, reply)
+        return self.frame(batch, rows)
 
     def raw_score(self, reply) -> float:
         return self.yes_probability(reply)
 
+    def score_range(self) -> float:
+        """The span of the raw score: 1 for P(yes); a graded judge's highest minus lowest grade."""
+        return 1.0
+
     def calibrated(self, leaf: str, raw: float) -> float | None:
         ref = self.calibration.get(leaf)
-        if not ref or ref[1] - ref[0] < self.sdg["judge"].get("min_separation", 0.05):
+        # min_separation is a fraction of the score's span (0.05 of P(yes); 0.1 of a 1-3 grade)
+        if not ref or ref[1] - ref[0] < self.sdg["judge"].get("min_separation", 0.05) * self.score_range():
             return None
         return (raw - ref[0]) / (ref[1] - ref[0])
 
@@ -261,6 +322,40 @@ def _split(total: int, n: int) -> list[int]:
     """`total` in n integer parts that sum to it (the first ones one larger)."""
     q, r = divmod(int(total), n)
     return [q + (j < r) for j in range(n)]
+
+
+def check_rationale(sdg) -> list[str]:
+    """sdg.judge.rationale, checked: judge stage names."""
+    names = [str(n) for n in ((sdg.get("judge") or {}).get("rationale") or [])]
+    judges = [s.stage for s in PIPELINE if issubclass(s, JudgeStage)]
+    for n in names:
+        if n not in judges:
+            raise ConfigError(f"sdg.judge.rationale: {n!r} is not a judge stage (judges: {', '.join(judges)})")
+    return names
+
+
+def load_rationale_texts(directory: str | None) -> dict[str, str]:
+    """conf/prompts/judge_rationale.yaml: `ask` (appended to the judge's question) and `verdict`
+    (asked after the reasons; `{choices}` = the judge's choices)."""
+    import yaml
+
+    from lab_ray.prompts import prompts_dir
+
+    path = prompts_dir(directory) / "judge_rationale.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"prompt file {path} not found (sdg.judge.rationale needs it; sdg.prompts_dir)") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"prompt file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), str) and data[k].strip()
+                                             for k in ("ask", "verdict")):
+        raise ConfigError(f"prompt file {path}: needs the texts `ask` and `verdict`")
+    try:
+        data["verdict"].format(choices="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"prompt file {path}: `verdict` may use only {{choices}} ({e})") from None
+    return {"ask": data["ask"].strip(), "verdict": data["verdict"].strip()}
 
 
 def check_fanout(fanout: dict | None) -> None:
@@ -369,6 +464,10 @@ class JudgePair(JudgeStage):
     inputs = ("leaf", "context", "question", "answer")
     outputs = (score_col("pair_score", "judge_pair: grade 1-3 (poor, fair, good), calibrated per leaf"),)
     threshold_key = "pair_min_score"
+
+    def score_range(self) -> float:
+        grades = [float(v) for v in self.prompt.scores.values()]
+        return max(grades) - min(grades) if grades else 1.0
 
     def raw_score(self, reply) -> float:
         probs = reply.choice_probs() or {reply.text: 1.0}

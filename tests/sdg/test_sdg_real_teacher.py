@@ -29,7 +29,9 @@ def test_generate_cli_on_the_sample_taxonomy_with_the_real_teacher(ray_cluster, 
         "generate", f"run.root={tmp_path}", "run.name=real", f"taxonomy.path={SAMPLE_TAXONOMY}",
         f"teacher.port={_free_port()}", "ray.num_cpus=4", "sdg.progress=false",
         f"sdg.samples_per_leaf={QUOTA}", "sdg.instruction_max_tokens=24", "sdg.context_max_tokens=40",
-        "sdg.response_max_tokens=40", "sdg.knowledge.max_tokens=64", "sdg.batch_size=8")
+        "sdg.response_max_tokens=40", "sdg.knowledge.max_tokens=64", "sdg.batch_size=8",
+        # the pair judge writes its reasons before the verdict (the option on the real teacher)
+        "sdg.judge.rationale=[judge_pair]", "sdg.judge.rationale_max_tokens=24")
     assert code == 0, err[-3000:]
     got = check_run(tmp_path / "real", {leaf: QUOTA for leaf in SAMPLE_LEAVES})
     stats = got["stats"]
@@ -59,3 +61,9 @@ def test_generate_cli_on_the_sample_taxonomy_with_the_real_teacher(ray_cluster, 
         else:
             assert not math.isnan(r["instruction_score"]) and not math.isnan(r["pair_score"])
             assert r["pair_score"] >= 2 - 1e-9  # kept pairs are at or above the default threshold
+    # the judge with a rationale wrote reasons for every row it judged, the others none
+    pair_judged = final[final["pair_score"].notna()]
+    assert len(pair_judged) and (pair_judged["judge_pair_rationale"].str.len() > 0).all()
+    assert (final["judge_instruction_rationale"] == "").all()
+    # the reasons were generated text, charged to the judge
+    assert (pair_judged["judge_pair_completion_tokens"] >= 1).all()

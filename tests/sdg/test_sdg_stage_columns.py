@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from lab_ray.prompts import load_prompt
-from lab_ray.sdg.columns import STATE_COLUMNS, TASK_COLUMNS, stage_token_columns
+from lab_ray.sdg.columns import STATE_COLUMNS, TASK_COLUMNS
 from lab_ray.sdg.stages import PIPELINE, ROW_KEYS, ROW_SCHEMA, SCORE_COLUMNS, JudgeStage, stage_order, stages_for
 from lab_ray.sdg.tasks import expand
 from lab_ray.teacher.client import TeacherReply
@@ -117,7 +117,7 @@ def test_schema_and_score_columns_are_derived_from_declarations():
     assert all(ROW_SCHEMA[c].dtype == "float64" for c in SCORE_COLUMNS)
     assert set(ROW_SCHEMA) == ({c.name for c in TASK_COLUMNS} | STATE
                                | {c.name for s in PIPELINE for c in s.outputs}
-                               | {c.name for s in PIPELINE for c in stage_token_columns(s.stage)})
+                               | {c.name for s in PIPELINE for c in s.state_columns()})
 
 
 def test_a_stage_returns_the_whole_schema_with_fixed_types():
