@@ -229,30 +229,40 @@ class TeacherClient:
                 pass
         return self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt))
 
-    async def _request(self, path: str, body: dict, chat: bool) -> TeacherReply:
+    async def _send(self, path: str, body: dict) -> tuple[int, Any, str, str | None]:
+        """One attempt over HTTP: (status, the JSON body (a callable: parsed on demand), the raw
+        text, Retry-After). Raises TimeoutError / ConnectionError for the retry loop."""
         http = self._client()
+        try:
+            async with self._sem:  # type: ignore[union-attr]
+                resp = await http.post(path, json=body)
+        except httpx.TimeoutException as e:
+            raise TimeoutError(str(e)[:200]) from e
+        except httpx.RequestError as e:  # connection refused/reset/dropped, protocol, decoding
+            raise ConnectionError(f"{type(e).__name__}: {e}"[:200]) from e
+        return resp.status_code, resp.json, resp.text, resp.headers.get("retry-after")
+
+    async def _request(self, path: str, body: dict, chat: bool) -> TeacherReply:
         body = {"model": self.model, **body}
         error, detail = "unknown", ""
         for attempt in range(self.max_retries + 1):
             retry_after = None
             try:
-                async with self._sem:  # type: ignore[union-attr]
-                    resp = await http.post(path, json=body)
-                if resp.status_code == 200:
+                status, data, text, retry_after = await self._send(path, body)
+                if status == 200:
                     try:
-                        return self._parse(resp.json(), chat, attempt + 1)
+                        return self._parse(data(), chat, attempt + 1)
                     except (ValueError, KeyError, TypeError, IndexError) as e:
-                        error, detail = "garbage", f"{type(e).__name__}: {resp.text[:200]}"
+                        error, detail = "garbage", f"{type(e).__name__}: {text[:200]}"
                 else:
-                    error, detail = f"http_{resp.status_code}", resp.text[:300]
-                    if resp.status_code not in RETRY_STATUS:
+                    error, detail = f"http_{status}", text[:300]
+                    if status not in RETRY_STATUS:
                         self._count(Usage(requests=1, failures=1, retries=attempt))
                         return TeacherReply(False, error=error, detail=detail, attempts=attempt + 1)
-                    retry_after = resp.headers.get("retry-after")
-            except httpx.TimeoutException as e:
+            except TimeoutError as e:
                 error, detail = "timeout", str(e)[:200]
-            except httpx.RequestError as e:  # connection refused/reset/dropped, protocol, decoding
-                error, detail = "connection", f"{type(e).__name__}: {e}"[:200]
+            except ConnectionError as e:
+                error, detail = "connection", str(e)[:200]
             if attempt < self.max_retries:
                 await asyncio.sleep(self._backoff(attempt, retry_after))
         self._count(Usage(requests=1, failures=1, retries=self.max_retries))

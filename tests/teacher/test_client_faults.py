@@ -48,7 +48,7 @@ def test_transient_failures_are_retried_until_success(server):
     assert [r.text for r in replies] == [f"reply {row} 0" for row in scripts]
     retries = sum(expected_attempts.values()) - len(scripts)
     assert client.usage.as_dict() == {"prompt_tokens": PROMPT_TOKENS * len(scripts),
-                                      "completion_tokens": COMPLETION_TOKENS * len(scripts),
+                                      "completion_tokens": COMPLETION_TOKENS * len(scripts), "cached_tokens": 0,
                                       "requests": len(scripts), "retries": retries, "failures": 0}
 
 
@@ -59,7 +59,7 @@ def test_other_4xx_are_not_retried(server, status):
     client.close()
     assert not reply.ok and reply.error == f"http_{status}" and "scheduled" in reply.detail
     assert server.seen("x") == 1 and reply.attempts == 1
-    assert client.usage.as_dict() == {"prompt_tokens": 0, "completion_tokens": 0, "requests": 1, "retries": 0,
+    assert client.usage.as_dict() == {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "requests": 1, "retries": 0,
                                       "failures": 1}
 
 
@@ -73,7 +73,7 @@ def test_exhausted_retries_become_per_row_errors_with_reasons(server):
     assert [(r.ok, r.error) for r in replies] == [(False, reason) for _, reason in rows.values()]
     assert {row: server.seen(row) for row in rows} == {row: 3 for row in rows}  # 1 try + max_retries
     assert all(r.attempts == 3 and r.texts == [] for r in replies)
-    assert client.usage.as_dict() == {"prompt_tokens": 0, "completion_tokens": 0, "requests": len(rows),
+    assert client.usage.as_dict() == {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "requests": len(rows),
                                       "retries": 2 * len(rows), "failures": len(rows)}
 
 
@@ -124,7 +124,7 @@ def test_mixed_batch_never_raises_and_counts_exactly(server):
     good = [e for e in expect if e[0]]
     assert client.usage.as_dict() == {
         "prompt_tokens": PROMPT_TOKENS * len(good),
-        "completion_tokens": COMPLETION_TOKENS * sum(n for *_, n in good),
+        "completion_tokens": COMPLETION_TOKENS * sum(n for *_, n in good), "cached_tokens": 0,
         "requests": len(calls),
         "retries": sum(a - 1 for _, _, a, _ in expect if a),
         "failures": len(calls) - len(good),
