@@ -38,13 +38,14 @@ class LazyTeacher:
             with open(lock_file(self.cfg, ".teacher.lock"), "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 try:
-                    url, key = serving_url(self.cfg), api_key(self.cfg.teacher)
+                    url, key, app = serving_url(self.cfg), api_key(self.cfg.teacher), None
                     if url is None:
-                        url, key = self._stack.enter_context(teacher_endpoint(self.cfg))
+                        url, key, app = self._stack.enter_context(teacher_endpoint(self.cfg))
                         self.deployed = True
                 finally:
                     fcntl.flock(lock, fcntl.LOCK_UN)
-            self._client = make_teacher(client_spec(self.cfg.teacher, url, key, seed=int(self.cfg.eval.seed)))
+            self._client = make_teacher(client_spec(self.cfg.teacher, url, key, seed=int(self.cfg.eval.seed),
+                                                    app=app))
         return self._client
 
     @property

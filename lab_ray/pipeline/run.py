@@ -90,7 +90,7 @@ def _pipeline(cfg, journal: Journal) -> dict:
         # during training; without extra logical CPUs Ray Data's tokenisation
         # tasks and the train workers would wait on it forever.
         cfg.ray.num_cpus = (os.cpu_count() or 2) + int(math.ceil(cfg.teacher.num_cpus)) + 1
-    with teacher_endpoint(cfg) if pending else contextlib.nullcontext((None, None)) as (url, key):
+    with teacher_endpoint(cfg) if pending else contextlib.nullcontext((None, None, None)) as (url, key, app):
         # Everything after this point reaches the same teacher.
         cfg.teacher.base_url = url
         if key:
@@ -99,7 +99,7 @@ def _pipeline(cfg, journal: Journal) -> dict:
             console.rule("generate: taxonomy-driven synthetic data (teacher generates and judges)")
             t0 = time.time()
             _begin(journal, "generate")
-            result = run_generation(cfg, client_spec(cfg.teacher, url, key))
+            result = run_generation(cfg, client_spec(cfg.teacher, url, key, app=app))
             console.print(summary_table(result.stats))
             empty = _empty_leaves(result.stats, tax.leaves)
             if empty:

@@ -31,8 +31,8 @@ def generation_teacher(cfg) -> Iterator[dict]:
         return
     from lab_ray.teacher.endpoint import teacher_endpoint
 
-    with teacher_endpoint(cfg) as (url, key):
-        yield client_spec(cfg.teacher, url, key)
+    with teacher_endpoint(cfg) as (url, key, app):
+        yield client_spec(cfg.teacher, url, key, app=app)
 
 
 def generate(cfg):

@@ -285,15 +285,25 @@ class TeacherClient:
 
 
 # -- the one way to build a teacher client from config -------------------------
-def client_spec(teacher_cfg, base_url: str, api_key: str | None = None, seed: int | None = None) -> dict:
+def client_spec(teacher_cfg, base_url: str, api_key: str | None = None, seed: int | None = None,
+                app: str | None = None) -> dict:
     """A picklable description of the run's teacher client: the endpoint plus every
     `teacher.client` setting (taken field by field from ClientConfig, so a new
     setting reaches every user without another edit). Generation actors,
-    calibration, checkpoint scorers and eval all build their client from one."""
+    calibration, checkpoint scorers and eval all build their client from one.
+
+    app: the Serve app name when this command deployed the teacher on its cluster; with
+    teacher.client.transport=auto the client then calls it through a DeploymentHandle."""
     settings = {f.name: teacher_cfg.client[f.name] for f in dataclasses.fields(ClientConfig)}
     settings["choice_field"] = str(getattr(settings["choice_field"], "value", settings["choice_field"]))
-    return {"kind": "http", "base_url": base_url.rstrip("/"), "model": teacher_cfg.model, "api_key": api_key,
-            "seed": seed, **settings}
+    transport = str(settings.pop("transport"))
+    if transport not in ("auto", "http"):
+        raise ValueError(f"teacher.client.transport must be auto or http, not {transport!r}")
+    spec = {"model": teacher_cfg.model, "api_key": api_key, "seed": seed, **settings}
+    if app and transport == "auto":
+        return {"kind": "handle", "app_name": app, "backend": str(getattr(teacher_cfg.backend, "value",
+                                                                          teacher_cfg.backend)), **spec}
+    return {"kind": "http", "base_url": base_url.rstrip("/"), **spec}
 
 
 def in_process_teacher_spec(factory: str, args: dict | None = None) -> dict:
@@ -306,4 +316,8 @@ def make_teacher(spec: dict):
     if spec.get("kind") == "python":
         module, fn = spec["factory"].split(":")
         return getattr(importlib.import_module(module), fn)(**spec.get("args", {}))
+    if spec.get("kind") == "handle":
+        from lab_ray.teacher.handle_client import HandleTeacherClient
+
+        return HandleTeacherClient(**{k: v for k, v in spec.items() if k != "kind"})
     return TeacherClient(**{k: v for k, v in spec.items() if k != "kind"})

@@ -50,6 +50,11 @@ class ClientConfig:
     # for at least one per choice (at most 20); a judge's choices must then differ at
     # their first token, which loading the prompts checks.
     choice_top_logprobs: int = 0
+    # How stages reach the teacher: "auto" = through a Ray Serve DeploymentHandle when the
+    # command deployed the teacher on its own cluster (reachable from every node; Serve's
+    # HTTP proxies bind their own node's loopback), over HTTP for an external one;
+    # "http" = always HTTP (the teacher's URL must then be reachable from every node).
+    transport: str = "auto"
 
 
 @dataclass

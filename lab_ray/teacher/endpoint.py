@@ -14,17 +14,18 @@ from lab_ray.teacher.config import Backend
 
 
 @contextlib.contextmanager
-def teacher_endpoint(cfg) -> Iterator[tuple[str, str | None]]:
-    """(base URL, API key) for the run: the configured URL, or a teacher deployed for it
-    (shut down when the block ends)."""
+def teacher_endpoint(cfg) -> Iterator[tuple[str, str | None, str | None]]:
+    """(base URL, API key, Serve app name) for the run: the configured URL (app None: an
+    external teacher), or a teacher deployed for it on the command's cluster (shut down
+    when the block ends; clients may call its app through a handle)."""
     if cfg.teacher.base_url or cfg.teacher.backend == Backend.openai:
         init_ray(cfg.ray)
-        yield (cfg.teacher.base_url.rstrip("/"), api_key(cfg.teacher))
+        yield (cfg.teacher.base_url.rstrip("/"), api_key(cfg.teacher), None)
         return
     init_ray(cfg.ray, reserved_cpus=_reserved_cpus(cfg.teacher))
     endpoint = deploy(cfg.teacher, cfg.ray)
     try:
-        yield endpoint.base_url, endpoint.api_key
+        yield endpoint.base_url, endpoint.api_key, cfg.teacher.app_name
     finally:
         shutdown()
 

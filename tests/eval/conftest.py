@@ -48,6 +48,6 @@ def teacher(eval_cfg):
 
     from lab_ray.teacher.endpoint import teacher_endpoint
 
-    with teacher_endpoint(eval_cfg) as (url, key):
+    with teacher_endpoint(eval_cfg) as (url, key, _app):
         yield url, key
     ray.shutdown()

@@ -90,7 +90,8 @@ def _assert_profile_settings(server, cfg) -> None:
     for r in _choices(server):
         assert "guided_choice" not in r, "a judge sent guided_choice, which vLLM >= 0.12 ignores"
         assert r["structured_outputs"]["choice"], r
-        assert r["logprobs"] is True and r["top_logprobs"] == TOP_LOGPROBS
+        # the profile's top_logprobs, raised to one per choice (the eval judge's 1-9 scale needs 9)
+        assert r["logprobs"] is True and r["top_logprobs"] == max(TOP_LOGPROBS, len(r["structured_outputs"]["choice"]))
     for r in server.requests:
         assert r["path"] == "/v1/chat/completions" and r["model"] == cfg.teacher.model
         assert r["auth"] == f"Bearer {API_KEY}"

@@ -220,3 +220,35 @@ def test_logprobs_cover_every_token_and_greedy_picks_the_top_one(teacher):
         tops = [x["logprob"] for x in t["top_logprobs"]]
         assert tops == sorted(tops, reverse=True)
         assert t["token"] == t["top_logprobs"][0]["token"] and abs(t["logprob"] - tops[0]) < 1e-4
+
+
+def test_the_runs_own_teacher_is_reached_through_a_handle_with_the_same_replies(teacher):
+    """client_spec with the app name (the command deployed the teacher) gives a handle client: the same
+    greedy text, usage and choice probabilities as over HTTP; a wrong key is a 401 without retries."""
+    endpoint, cfg = teacher
+    from lab_ray.teacher.client import client_spec, make_teacher
+    from lab_ray.teacher.handle_client import HandleTeacherClient
+
+    via_handle = make_teacher(client_spec(cfg.teacher, endpoint.base_url, endpoint.api_key, app=cfg.teacher.app_name))
+    via_http = make_teacher(client_spec(cfg.teacher, endpoint.base_url, endpoint.api_key))
+    assert isinstance(via_handle, HandleTeacherClient) and not isinstance(via_http, HandleTeacherClient)
+    calls = [("chat", {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 6,
+                       "temperature": 0}),
+             ("complete", {"prompt": "The sky is", "max_tokens": 4, "temperature": 0}),
+             ("choose", {"messages": [{"role": "user", "content": "Is ice cold?"}], "choices": ["yes", "no"]})]
+    a, b = via_handle.run_many(calls), via_http.run_many(calls)
+    assert all(r.ok for r in a), [(r.error, r.detail) for r in a]
+    assert [r.text for r in a] == [r.text for r in b]
+    assert [(r.prompt_tokens, r.completion_tokens) for r in a] == [(r.prompt_tokens, r.completion_tokens) for r in b]
+    pa, pb = a[2].choice_probs(), b[2].choice_probs()
+    assert pa.keys() == pb.keys() and all(abs(pa[k] - pb[k]) < 1e-4 for k in pa)
+    assert via_handle.usage.requests == 3 and via_handle.usage.failures == 0
+    spec = client_spec(cfg.teacher, endpoint.base_url, "not-the-key", app=cfg.teacher.app_name)
+    wrong = make_teacher(spec).run_many(calls[:1])[0]
+    assert (wrong.ok, wrong.error, wrong.attempts) == (False, "http_401", 1)
+    # an explicit http transport keeps HTTP even for the run's own teacher
+    cfg_http = cfg.teacher.copy()
+    cfg_http.client.transport = "http"
+    assert client_spec(cfg_http, endpoint.base_url, None, app="teacher")["kind"] == "http"
+    for c in (via_handle, via_http):
+        c.close()
