@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-NOT_PROMPTS = {"calibration", "personas"}  # data files beside the prompts
+NOT_PROMPTS = {"calibration", "personas", "judge_rationale"}  # data files beside the prompts
 
 CHECK = """
 import lab_ray, lab_ray.config as c

@@ -47,7 +47,8 @@ def deployment_options(cfg) -> dict:
     # OMP_WAIT_POLICY=PASSIVE: see lab_ray/teacher/engine.py (spinning OpenMP threads on a shared CPU).
     env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     opts = {"max_ongoing_requests": cfg.max_ongoing_requests,
-            "ray_actor_options": {"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": env}}}
+            "ray_actor_options": {"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": env},
+                                  **({"resources": dict(cfg.resources)} if cfg.resources else {})}}
     if auto.max_replicas > auto.min_replicas:
         opts["autoscaling_config"] = {"min_replicas": auto.min_replicas, "max_replicas": auto.max_replicas,
                                       "target_ongoing_requests": auto.target_ongoing_requests}
@@ -68,7 +69,9 @@ def deploy(cfg, ray_cfg) -> TeacherEndpoint:
     from ray import serve
 
     init_ray(ray_cfg)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    # teacher.http=false: no proxy anywhere; the command's stages call the app through handles
+    serve.start(http_options={"host": cfg.host, "port": cfg.port},
+                **({} if cfg.http else {"proxy_location": "Disabled"}))
     if cfg.backend == "cpu":
         from lab_ray.teacher.serve_cpu import CPUTeacher
 

@@ -23,6 +23,8 @@ def _serve(ns: argparse.Namespace, cfg, positional) -> int:
 
     if cfg.teacher.backend == "openai":
         raise ConfigError("teacher.backend=openai is an external server: there is nothing to serve")
+    if not cfg.teacher.http:
+        raise ConfigError("teacher.http=false serves no HTTP API: `lab-ray teacher serve` is for HTTP clients")
     endpoint = deploy(cfg.teacher, cfg.ray)
     auth = " (API key required)" if endpoint.api_key else ""
     print(f"teacher {endpoint.model} serving at {endpoint.base_url}{auth}; Ctrl-C stops it", flush=True)

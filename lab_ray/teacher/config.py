@@ -108,6 +108,14 @@ class TeacherConfig:
     port: int = 8000
     route_prefix: str = "/"
     app_name: str = "teacher"
+    # Serve the OpenAI HTTP API on host:port. false: no HTTP proxy at all (no open port);
+    # only the command's own stages reach the teacher, through DeploymentHandles
+    # (`lab-ray generate`; `lab-ray run`'s scorers and eval, `lab-ray teacher serve` and
+    # external clients need HTTP).
+    http: bool = True
+    # Custom Ray resources each teacher replica needs besides its CPUs, e.g. {teacher_node: 1}
+    # to pin the teacher to the nodes started with that resource (a GPU node group).
+    resources: Dict[str, float] = field(default_factory=dict)
     # openai backend (or an already running teacher): where to send requests.
     base_url: Optional[str] = None
     # API key; the environment variable named below overrides it when set.

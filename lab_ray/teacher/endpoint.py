@@ -8,6 +8,7 @@ from typing import Iterator
 
 import httpx
 
+from lab_ray.errors import ConfigError
 from lab_ray.ray_cluster import init_ray
 from lab_ray.teacher.app import api_key, deploy, shutdown
 from lab_ray.teacher.config import Backend
@@ -22,6 +23,9 @@ def teacher_endpoint(cfg) -> Iterator[tuple[str, str | None, str | None]]:
         init_ray(cfg.ray)
         yield (cfg.teacher.base_url.rstrip("/"), api_key(cfg.teacher), None)
         return
+    if not cfg.teacher.http and cfg.teacher.client.transport != "auto":
+        raise ConfigError("teacher.http=false leaves the teacher no HTTP API: keep teacher.client.transport=auto "
+                          "(DeploymentHandles), or set teacher.http=true")
     init_ray(cfg.ray, reserved_cpus=_reserved_cpus(cfg.teacher))
     endpoint = deploy(cfg.teacher, cfg.ray)
     try:

@@ -52,6 +52,8 @@ def llm_config_kwargs(cfg, model_source: str | None = None, chat_template: str |
         deployment["num_replicas"] = auto.min_replicas
     if v.replica_num_cpus is not None:
         deployment["ray_actor_options"] = {"num_cpus": v.replica_num_cpus}
+    if cfg.get("resources"):  # pins the LLM server replica (Ray merges it into the engine's first bundle)
+        deployment.setdefault("ray_actor_options", {})["resources"] = dict(cfg.resources)
     kwargs = {
         "model_loading_config": {"model_id": cfg.model, "model_source": model_source or v.model_source},
         "engine_kwargs": engine,

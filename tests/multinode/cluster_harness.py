@@ -219,7 +219,7 @@ class TwoNodeCluster:
 
     def __init__(self, *, s3: S3Server | None = None, worker_cpus: int = 2, head_object_store: int = 500 * 2**20,
                  worker_object_store: int = 1 * 2**30, worker_tmpfs_size: str = "4g", extra_env: dict | None = None,
-                 start_timeout: float = 240):
+                 start_timeout: float = 240, head_resources: dict | None = None):
         self.id = secrets.token_hex(4)
         # Short: Ray's unix socket paths under the temp dirs must stay under 107 bytes.
         self.base = Path(tempfile.mkdtemp(prefix=f"lrmn-{self.id}-", dir="/tmp"))
@@ -232,6 +232,7 @@ class TwoNodeCluster:
         self.head_temp_dir.mkdir()
         self.private_dir.mkdir()
         self.worker_cpus = worker_cpus
+        self.head_resources = dict(head_resources or {})  # custom resources of the head (it has 0 CPUs)
         self.head_object_store = head_object_store
         self.worker_object_store = worker_object_store
         self.worker_tmpfs_size = worker_tmpfs_size
@@ -309,6 +310,8 @@ class TwoNodeCluster:
                f"--runtime-env-agent-port={rt_env}", f"--metrics-export-port={metrics}",
                f"--ray-client-server-port={client}", f"--node-manager-port={nm}", f"--object-manager-port={om}",
                f"--object-store-memory={self.head_object_store}", "--disable-usage-stats"]
+        if self.head_resources:
+            cmd.append(f"--resources={json.dumps(self.head_resources)}")
         self.head_cmd = cmd
         self._head = subprocess.Popen(cmd, env={**self._node_env, MARK_VAR: self._head_mark},
                                       start_new_session=True, stdin=subprocess.DEVNULL,

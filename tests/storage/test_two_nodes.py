@@ -11,6 +11,7 @@ where every byte goes.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -20,13 +21,15 @@ from fixture_paths import REPO
 
 pytestmark = pytest.mark.slow
 LEAVES = "compositional_skills/writing/poetry/haiku,knowledge/geography/islands/varrow_island"
+# The head (0 CPUs, like the cluster files) carries a custom resource the teacher can be pinned to.
+CLUSTER_OPTIONS = {"head_resources": {"teacher_node": 1}}
+INSTANT = ["sdg.test_teacher=lab_ray.testing.fake_teachers:InstantTeacher"]
 
 
-def _submit(cluster, run: str) -> str:
+def _submit(cluster, run: str, overrides: list[str] = INSTANT, leaves: str = LEAVES, quota: int = 5) -> str:
     cmd = [sys.executable, "-m", "lab_ray.cli", "submit", "--address", cluster.jobs_url, "--",
-           "generate", "run.root=s3://lab-ray-test/runs", f"run.name={run}", f"sdg.leaves=[{LEAVES}]",
-           "sdg.samples_per_leaf=5", "sdg.test_teacher=lab_ray.testing.fake_teachers:InstantTeacher",
-           "sdg.progress=false"]
+           "generate", "run.root=s3://lab-ray-test/runs", f"run.name={run}", f"sdg.leaves=[{leaves}]",
+           f"sdg.samples_per_leaf={quota}", "sdg.progress=false", *overrides]
     p = subprocess.run(cmd, cwd=REPO, env=cluster.subprocess_env(), capture_output=True, text=True, timeout=900)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-4000:]
@@ -49,3 +52,27 @@ def test_generate_on_two_nodes_keeps_everything_in_the_bucket(two_node_cluster, 
     # a rerun finds every task done in the bucket (the shards were written on the worker, read by the head)
     again = _submit(cluster, "two")
     assert "resumed 10 of 10 tasks" in again, again[-2000:]
+
+
+def test_stages_on_the_worker_reach_the_teacher_on_the_head_through_handles(two_node_cluster, s3_server, cluster_ray):
+    """The real CPU teacher pinned to the head, every stage actor on the worker: the stages call
+    the replica on the other node through DeploymentHandles. teacher.http=false runs Serve with no
+    HTTP proxy at all, so a client on the loopback URL would find nothing listening."""
+    from ray.util.state import list_actors
+
+    run = "handle"
+    out = _submit(two_node_cluster, run, ["teacher.num_cpus=0", "teacher.resources={teacher_node: 1}",
+                                          "teacher.http=false", "sdg.instruction_max_tokens=16",
+                                          "sdg.response_max_tokens=24", "sdg.batch_size=4"],
+                  leaves="compositional_skills/writing/poetry/haiku", quota=4)
+    stats = json.loads(s3_server.read(f"runs/{run}/data/stats.json"))
+    assert stats["total"]["rows"] == 4, out[-2000:]
+    assert "teacher_error" not in stats["total"]["dropped"], stats["total"]
+    stages = stats["leaves"]["compositional_skills/writing/poetry/haiku"]["stages"]
+    assert all(st["prompt_tokens"] > 0 for st in stages if st["stage"] != "dedup"), stages  # every stage was answered
+    actors = list_actors(detail=True, limit=10000, raise_on_missing_output=False)
+    replicas = {a.node_id for a in actors if "CPUTeacher" in (a.class_name or "")}
+    callers = {a.node_id for a in actors if "MapBatches(Generate" in (a.class_name or "")
+               or "MapBatches(Judge" in (a.class_name or "")}
+    assert replicas == {two_node_cluster.head_node_id}, replicas
+    assert callers and callers <= {two_node_cluster.worker_node_id}, callers

@@ -110,7 +110,7 @@ def test_colliding_choices_are_a_config_error_naming_file_and_choices(tmp_path):
 
 
 def test_shipped_prompts_pass_without_loading_any_tokenizer(monkeypatch):
-    names = sorted(p.stem for p in (conf_dir() / "prompts").glob("*.yaml") if p.stem not in {"calibration", "personas"})
+    names = sorted(p.stem for p in (conf_dir() / "prompts").glob("*.yaml") if p.stem not in {"calibration", "personas", "judge_rationale"})
     prompts = [load_prompt(n) for n in names]
     assert sum(bool(p.choices) for p in prompts) >= 6
     monkeypatch.setattr(tk, "served_tokenizer", lambda cfg: pytest.fail("loaded a tokenizer"))
