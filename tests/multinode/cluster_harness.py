@@ -457,6 +457,10 @@ class TwoNodeCluster:
             time.sleep(1)
         raise RuntimeError(f"the dashboard State API does not answer:\n{self.log_tail('head')}")
 
+    def actors(self) -> list[dict]:
+        """The State API's actor list, dead ones included (class_name, node_id, state, ...)."""
+        return self._get("/api/v0/actors?limit=10000&detail=true")["data"]["result"]["result"]
+
     # ------------------------------------------------------------------ clients
 
     @contextlib.contextmanager

@@ -54,12 +54,10 @@ def test_generate_on_two_nodes_keeps_everything_in_the_bucket(two_node_cluster, 
     assert "resumed 10 of 10 tasks" in again, again[-2000:]
 
 
-def test_stages_on_the_worker_reach_the_teacher_on_the_head_through_handles(two_node_cluster, s3_server, cluster_ray):
+def test_stages_on_the_worker_reach_the_teacher_on_the_head_through_handles(two_node_cluster, s3_server):
     """The real CPU teacher pinned to the head, every stage actor on the worker: the stages call
     the replica on the other node through DeploymentHandles. teacher.http=false runs Serve with no
     HTTP proxy at all, so a client on the loopback URL would find nothing listening."""
-    from ray.util.state import list_actors
-
     run = "handle"
     out = _submit(two_node_cluster, run, ["teacher.num_cpus=0", "teacher.resources={teacher_node: 1}",
                                           "teacher.http=false", "sdg.instruction_max_tokens=16",
@@ -70,9 +68,9 @@ def test_stages_on_the_worker_reach_the_teacher_on_the_head_through_handles(two_
     assert "teacher_error" not in stats["total"]["dropped"], stats["total"]
     stages = stats["leaves"]["compositional_skills/writing/poetry/haiku"]["stages"]
     assert all(st["prompt_tokens"] > 0 for st in stages if st["stage"] != "dedup"), stages  # every stage was answered
-    actors = list_actors(detail=True, limit=10000, raise_on_missing_output=False)
-    replicas = {a.node_id for a in actors if "CPUTeacher" in (a.class_name or "")}
-    callers = {a.node_id for a in actors if "MapBatches(Generate" in (a.class_name or "")
-               or "MapBatches(Judge" in (a.class_name or "")}
+    actors = two_node_cluster.actors()
+    replicas = {a["node_id"] for a in actors if "CPUTeacher" in (a.get("class_name") or "")}
+    callers = {a["node_id"] for a in actors if "MapBatches(Generate" in (a.get("class_name") or "")
+               or "MapBatches(Judge" in (a.get("class_name") or "")}
     assert replicas == {two_node_cluster.head_node_id}, replicas
     assert callers and callers <= {two_node_cluster.worker_node_id}, callers
