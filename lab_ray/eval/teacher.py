@@ -15,7 +15,7 @@ import contextlib
 
 from lab_ray.teacher.app import api_key
 from lab_ray.teacher.client import TeacherClient, client_spec, make_teacher
-from lab_ray.teacher.endpoint import serving_url, teacher_endpoint
+from lab_ray.teacher.endpoint import running_app, serving_url, teacher_endpoint
 
 
 class LazyTeacher:
@@ -38,7 +38,10 @@ class LazyTeacher:
             with open(lock_file(self.cfg, ".teacher.lock"), "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 try:
-                    url, key, app = serving_url(self.cfg), api_key(self.cfg.teacher), None
+                    # the run's own teacher on this cluster: through a handle, from any node
+                    app = running_app(self.cfg)
+                    url = (self.cfg.teacher.base_url or "") if app else serving_url(self.cfg)
+                    key = api_key(self.cfg.teacher)
                     if url is None:
                         url, key, app = self._stack.enter_context(teacher_endpoint(self.cfg))
                         self.deployed = True

@@ -43,6 +43,26 @@ def _reserved_cpus(teacher) -> float:
     return logical_cpus(teacher)
 
 
+def running_app(cfg) -> str | None:
+    """The teacher's Serve app when it runs on the cluster this process is connected to (the
+    run's own teacher, e.g. `lab-ray run`'s, seen from a scorer task on any node): clients then
+    call it through a handle (teacher.client.transport=auto). None otherwise."""
+    t = cfg.teacher
+    if t.backend == Backend.openai or t.client.transport != "auto":
+        return None
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(t.app_name)  # never starts Serve
+    except Exception:  # noqa: BLE001 - no controller, a cluster without Serve: fall back to HTTP
+        return None
+    return t.app_name if app is not None and str(app.status).endswith("RUNNING") else None
+
+
 def serving_url(cfg) -> str | None:
     """The configured teacher URL, or the local one if a teacher already answers there."""
     t = cfg.teacher
