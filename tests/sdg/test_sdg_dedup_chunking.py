@@ -92,7 +92,8 @@ def test_dedup_is_within_a_leaf_not_across_leaves_in_a_run(ray_cluster, tmp_path
     for leaf in (a, b):
         s = stats["leaves"][leaf]
         assert (s["rows"], s["kept"], s["dropped"]) == (5, 3, {"duplicate": 2}), (leaf, s)
-        assert s["stages"][-1] == {"stage": "dedup", "in": 5, "kept": 3, "dropped": {"duplicate": 2}}
+        assert s["stages"][-1] == {"stage": "dedup", "in": 5, "kept": 3, "dropped": {"duplicate": 2},
+                                      "prompt_tokens": 0, "completion_tokens": 0}  # dedup asks no teacher
     from sdg_helpers import read_jsonl_dir
 
     kept = {r["id"] for p in ("knowledge_train", "skills_train") for r in read_jsonl_dir(tmp_path / "dd" / "data" / p)}

@@ -217,6 +217,42 @@ def test_context_overflow_is_a_400_and_the_app_keeps_serving(served):
     still_serving(served)
 
 
+def test_the_runs_own_vllm_app_through_a_handle_answers_like_http(served):
+    """client_spec with the app name (the command deployed it) calls the LLMServer deployment through a
+    DeploymentHandle: greedy text, usage, cached prompt tokens and judge probabilities as over HTTP; a
+    context overflow is the same 400, not retried."""
+    endpoint, _, _, cfg = served
+    from lab_ray.teacher.client import client_spec, make_teacher
+    from lab_ray.teacher.handle_client import HandleTeacherClient
+
+    via_handle = make_teacher(client_spec(cfg.teacher, endpoint.base_url, API_KEY, app=cfg.teacher.app_name))
+    via_http = make_teacher(client_spec(cfg.teacher, endpoint.base_url, API_KEY))
+    assert isinstance(via_handle, HandleTeacherClient)
+    messages = [SYSTEM, {"role": "user", "content": "Name a colour."}]
+    calls = [("chat", {"messages": messages, "max_tokens": 6, "temperature": 0}),
+             ("complete", {"prompt": "The sky is", "max_tokens": 4, "temperature": 0}),
+             ("choose", {"messages": [SYSTEM, {"role": "user", "content": "Is ice cold? Answer yes or no."}],
+                         "choices": ["yes", "no"]})]
+    a, b = via_handle.run_many(calls), via_http.run_many(calls)
+    assert all(r.ok for r in a), [(r.error, r.detail) for r in a]
+    assert [r.text for r in a] == [r.text for r in b]
+    assert [(r.prompt_tokens, r.completion_tokens) for r in a] == [(r.prompt_tokens, r.completion_tokens) for r in b]
+    pa, pb = a[2].choice_probs(), b[2].choice_probs()
+    assert pa and pa.keys() == pb.keys() and all(abs(pa[k] - pb[k]) < 1e-3 for k in pa)
+    # a prompt longer than a few KV blocks (32 tokens each), twice: the second is served from the prefix cache
+    long_system = {"role": "system", "content": "You answer questions about colours, briefly. " * 12}
+    first, again = (via_handle.run_many([("chat", {"messages": [long_system, messages[1]], "max_tokens": 4,
+                                                   "temperature": 0})])[0] for _ in range(2))
+    assert first.ok and again.ok and again.text == first.text
+    assert again.cached_tokens >= 64 and again.cached_tokens <= again.prompt_tokens, again
+    long = "word " * (cfg.teacher.vllm.max_model_len + 200)
+    over = via_handle.run_many([("chat", {"messages": [{"role": "user", "content": long}], "max_tokens": 4})])[0]
+    assert (over.ok, over.error, over.attempts) == (False, "http_400", 1), over.detail
+    for c in (via_handle, via_http):
+        c.close()
+    still_serving(served)
+
+
 SCORE_OF = {"judge_instruction": "instruction_score", "judge_pair": "pair_score",
             "judge_faithfulness": "faithfulness_score", "judge_relevance": "relevance_score",
             "judge_question": "question_score"}
