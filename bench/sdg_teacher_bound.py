@@ -102,7 +102,7 @@ def main() -> None:
     from lab_ray.sdg import run as pipeline
     from lab_ray.teacher.app import deploy
     from lab_ray.teacher.client import client_spec
-    from lab_ray.teacher.endpoint import _reserved_cpus
+    from lab_ray.teacher.app import logical_cpus
 
     work = Path(tempfile.mkdtemp(prefix="sdg-teacher-bound-"))
     cfg = load_config([f"teacher={args.teacher}", f"run.root={work}", "run.name=bound", f"teacher.port={free_port()}",
@@ -113,7 +113,7 @@ def main() -> None:
         # (the vLLM app: engine bundle + server replica + ingress; the CPU app: none on top)
         import math
 
-        cfg.ray.num_cpus = 2 + math.ceil(_reserved_cpus(cfg.teacher))
+        cfg.ray.num_cpus = 2 + math.ceil(logical_cpus(cfg.teacher))
     init_ray(cfg.ray)
     t = time.perf_counter()
     endpoint = deploy(cfg.teacher, cfg.ray)

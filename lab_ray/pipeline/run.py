@@ -92,7 +92,9 @@ def _pipeline(cfg, journal: Journal) -> dict:
         # The teacher replica holds its CPUs for the whole run while mostly idle
         # during training; without extra logical CPUs Ray Data's tokenisation
         # tasks and the train workers would wait on it forever.
-        cfg.ray.num_cpus = (os.cpu_count() or 2) + int(math.ceil(cfg.teacher.num_cpus)) + 1
+        from lab_ray.teacher.app import logical_cpus
+
+        cfg.ray.num_cpus = (os.cpu_count() or 2) + int(math.ceil(logical_cpus(cfg.teacher))) + 1
     with teacher_endpoint(cfg) if pending else contextlib.nullcontext((None, None, None)) as (url, key, app):
         # Everything after this point reaches the same teacher.
         cfg.teacher.base_url = url

@@ -229,8 +229,10 @@ class JudgeStage(TeacherStage):
         return self.yes_probability(reply)
 
     def score_range(self) -> float:
-        """The span of the raw score: 1 for P(yes); a graded judge's highest minus lowest grade."""
-        return 1.0
+        """The span of the raw score: a graded judge's highest minus lowest grade (its prompt's
+        `scores`), else 1 (P(yes))."""
+        grades = [float(v) for v in self.prompt.scores.values()]
+        return max(grades) - min(grades) if grades else 1.0
 
     def calibrated(self, leaf: str, raw: float) -> float | None:
         ref = self.calibration.get(leaf)
@@ -294,10 +296,9 @@ class FanOutStage(TeacherStage):
                     item_path=f"{parent['item_path']}.{j}" if parent["item_path"] else str(j),
                     **{c: split[j] for c, split in shares.items()})
 
-    @staticmethod
-    def token_shares(parent: dict, w: int) -> dict[str, list[int]]:
+    def token_shares(self, parent: dict, w: int) -> dict[str, list[int]]:
         """Every token count of the row in w integer parts that sum to it (sums stay exact)."""
-        return {c: _split(parent[c], w) for c in token_columns(parent) if parent[c]}
+        return {c: _split(parent[c], w) for c in TOKEN_COLUMNS if parent[c]}
 
     def fan_out(self, parent: dict, reply) -> list[dict]:
         w = self.width
@@ -465,10 +466,6 @@ class JudgePair(JudgeStage):
     outputs = (score_col("pair_score", "judge_pair: grade 1-3 (poor, fair, good), calibrated per leaf"),)
     threshold_key = "pair_min_score"
 
-    def score_range(self) -> float:
-        grades = [float(v) for v in self.prompt.scores.values()]
-        return max(grades) - min(grades) if grades else 1.0
-
     def raw_score(self, reply) -> float:
         probs = reply.choice_probs() or {reply.text: 1.0}
         return float(sum(p * self.prompt.scores.get(c, 0) for c, p in probs.items()))
@@ -615,6 +612,7 @@ PIPELINE: tuple[type[TeacherStage], ...] = (
 JUDGES = tuple(s for s in PIPELINE if issubclass(s, JudgeStage))
 SCORE_COLUMNS = tuple(j.score_column() for j in JUDGES)
 ROW_SCHEMA = row_schema(PIPELINE)
+TOKEN_COLUMNS = tuple(token_columns(ROW_SCHEMA))  # the totals and every stage's split, found once
 PROMPT_NAMES = tuple(dict.fromkeys([*(s.prompt_name for s in PIPELINE), *(f"knowledge_view_{v}" for v in VIEWS[1:])]))
 
 

@@ -42,6 +42,17 @@ def require_key_beyond_loopback(cfg) -> None:
                           "teacher.host=127.0.0.1")
 
 
+def logical_cpus(cfg) -> float:
+    """Ray CPUs the teacher app holds for as long as it serves (its replicas; for vLLM also the
+    engine bundles and the ingress). A command that deploys it on a local Ray sized to the cores
+    gets these on top, or nothing else would schedule beside it on a laptop."""
+    if cfg.backend == "vllm":
+        from lab_ray.teacher.serve_vllm import logical_cpus as vllm_cpus
+
+        return vllm_cpus(cfg)
+    return float(cfg.num_cpus) * max(1, int(cfg.autoscaling.max_replicas)) if cfg.backend == "cpu" else 0.0
+
+
 def deployment_options(cfg) -> dict:
     auto = cfg.autoscaling
     # OMP_WAIT_POLICY=PASSIVE: see lab_ray/teacher/engine.py (spinning OpenMP threads on a shared CPU).

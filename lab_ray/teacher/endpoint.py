@@ -10,7 +10,7 @@ import httpx
 
 from lab_ray.errors import ConfigError
 from lab_ray.ray_cluster import init_ray
-from lab_ray.teacher.app import api_key, deploy, shutdown
+from lab_ray.teacher.app import api_key, deploy, logical_cpus, shutdown
 from lab_ray.teacher.config import Backend
 
 
@@ -26,21 +26,12 @@ def teacher_endpoint(cfg) -> Iterator[tuple[str, str | None, str | None]]:
     if not cfg.teacher.http and cfg.teacher.client.transport != "auto":
         raise ConfigError("teacher.http=false leaves the teacher no HTTP API: keep teacher.client.transport=auto "
                           "(DeploymentHandles), or set teacher.http=true")
-    init_ray(cfg.ray, reserved_cpus=_reserved_cpus(cfg.teacher))
+    init_ray(cfg.ray, reserved_cpus=logical_cpus(cfg.teacher))
     endpoint = deploy(cfg.teacher, cfg.ray)
     try:
         yield endpoint.base_url, endpoint.api_key, cfg.teacher.app_name
     finally:
         shutdown()
-
-
-def _reserved_cpus(teacher) -> float:
-    """The logical CPUs an in-run vLLM teacher holds (the CPU teacher's replicas hold none extra)."""
-    if teacher.backend != Backend.vllm:
-        return 0.0
-    from lab_ray.teacher.serve_vllm import logical_cpus
-
-    return logical_cpus(teacher)
 
 
 def running_app(cfg) -> str | None:

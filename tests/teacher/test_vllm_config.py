@@ -84,9 +84,9 @@ def test_an_in_run_vllm_teacher_gets_its_cpus_on_top_of_the_cores(tmp_path):
     mixtral = load_config(["teacher=mixtral-vllm"]).teacher
     assert logical_cpus(mixtral) == pytest.approx(4 * (1 + 1) + 1)  # Ray's defaults, 4 replicas at most
     code = ("import os, ray\nfrom lab_ray.config import load_config\nfrom lab_ray.ray_cluster import init_ray\n"
-            "from lab_ray.teacher.endpoint import _reserved_cpus\n"
+            "from lab_ray.teacher.app import logical_cpus\n"
             "cfg = load_config(['teacher=vllm-cpu'])\n"
-            "init_ray(cfg.ray, reserved_cpus=_reserved_cpus(cfg.teacher))\n"
+            "init_ray(cfg.ray, reserved_cpus=logical_cpus(cfg.teacher))\n"
             "print(int(ray.cluster_resources()['CPU']), os.cpu_count())\nray.shutdown()\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
@@ -94,3 +94,11 @@ def test_an_in_run_vllm_teacher_gets_its_cpus_on_top_of_the_cores(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     ray_cpus, cores = map(int, out.stdout.split()[-2:])
     assert ray_cpus == cores + 2
+
+
+def test_the_cpu_teacher_holds_its_replicas_cpus():
+    from lab_ray.teacher.app import logical_cpus
+
+    cfg = load_config(["teacher.num_cpus=1.5", "teacher.autoscaling.max_replicas=2"]).teacher
+    assert logical_cpus(cfg) == pytest.approx(3.0)
+    assert logical_cpus(load_config(["teacher=openai", "teacher.base_url=http://x/v1"]).teacher) == 0.0
