@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from proc_marks import kill_marked
 pytestmark = pytest.mark.slow
 
 LEAVES = ["compositional_skills/writing/poetry/haiku", "knowledge/geography/islands/varrow_island"]
-QUOTA = 96  # the writer stores 64 rows a batch: a kill can fall between two of its batches
+QUOTA = 160  # the writer stores 64 rows a batch: a kill can fall between two of its five batches
 
 
 def _generate(root: Path, latency_s: float, mark: str, log: Path) -> subprocess.Popen:
@@ -59,18 +58,21 @@ def test_status_of_a_killed_then_finished_generation(tmp_path, mark):
         # small runs reach the writer in few large blocks: kill once a first shard is on disk
         if snap and snap["state"] == "running" and list((run / "sdg" / "shards").glob("part-*.parquet")):
             break
-        time.sleep(0.1)
+        time.sleep(0.02)
     assert proc.poll() is None, "generation ended before it could be killed:\n" + (tmp_path / "first.log").read_text()[-3000:]
-    os.kill(proc.pid, signal.SIGKILL)  # the driver, as a crash would
-    proc.wait(30)
+    # The driver and every Ray process in one sweep, as a lost machine: killing the driver
+    # first let the writer actor store its queued batches meanwhile (CI, 2026-12-02: all of them).
     kill_marked(mark)
+    proc.wait(30)
 
     res = _status(run, "--json")
     assert res.returncode == 0, res.stderr
     st = json.loads(res.stdout)
     assert st["state"] == "interrupted" and st["steps"]["generate"] == "interrupted"
     g = st["generation"]
-    assert g["state"] == "interrupted" and g["total"] == QUOTA * len(LEAVES) and 0 < g["rows"] < g["total"]
+    # Part-way as a rule; a writer that had every batch queued when its first shard landed may
+    # store them all before the sweep reaches it: still interrupted (finalize never ran).
+    assert g["state"] == "interrupted" and g["total"] == QUOTA * len(LEAVES) and 0 < g["rows"] <= g["total"]
     assert set(g["leaves"]) == set(LEAVES) and all(v["quota"] == QUOTA for v in g["leaves"].values())
     assert sum(v["done"] for v in g["leaves"].values()) == g["rows"] and g["shards"] > 0
     text = _status(run)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -74,3 +75,77 @@ def test_stages_on_the_worker_reach_the_teacher_on_the_head_through_handles(two_
                or "MapBatches(Judge" in (a.get("class_name") or "")}
     assert replicas == {two_node_cluster.head_node_id}, replicas
     assert callers and callers <= {two_node_cluster.worker_node_id}, callers
+
+
+def _submit_no_wait(cluster, run: str, overrides: list[str], quota: int) -> str:
+    cmd = [sys.executable, "-m", "lab_ray.cli", "submit", "--address", cluster.jobs_url, "--no-wait", "--",
+           "generate", "run.root=s3://lab-ray-test/runs", f"run.name={run}", f"sdg.leaves=[{LEAVES}]",
+           f"sdg.samples_per_leaf={quota}", "sdg.progress=false", *overrides]
+    p = subprocess.run(cmd, cwd=REPO, env=cluster.subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    return p.stdout.strip().splitlines()[-1]
+
+
+def _job(cluster, *args: str) -> str:
+    p = subprocess.run([sys.executable, "-m", "lab_ray.cli", "submit", "--address", cluster.jobs_url, *args],
+                       cwd=REPO, env=cluster.subprocess_env(), capture_output=True, text=True, timeout=120)
+    return p.stdout + p.stderr
+
+
+def _wait_job(cluster, job_id: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = _job(cluster, "--status", job_id)
+        for state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            if f": {state}" in line or f"JobStatus.{state}" in line:
+                return state
+        time.sleep(3)
+    return "TIMEOUT"
+
+
+def _shard_ids(s3_server, run: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    fs = s3_server.filesystem()
+    ids = []
+    for key in s3_server.keys(f"runs/{run}/sdg/shards/part-"):
+        ids += pq.read_table(f"{s3_server.bucket}/{key}", filesystem=fs, columns=["id"]).column("id").to_pylist()
+    return ids
+
+
+def test_the_worker_lost_mid_generation_then_a_fresh_one_the_run_ends_with_the_ids_of_an_uninterrupted_one(
+        two_node_cluster, s3_server):
+    """The only CPU node dies while generation is part-way (shards already in the bucket), and a new
+    node with an empty disk joins. The job either carries on (Ray Data restarts its actors on the new
+    node) or fails and is submitted again (it resumes from the bucket): either way every row of the
+    plan is stored exactly once and the ids are those of the same run never interrupted."""
+    cluster, quota = two_node_cluster, 24
+    batch = ["sdg.batch_size=4", "sdg.actors_per_stage=1"]
+    _submit(cluster, "whole", [*INSTANT, *batch], quota=quota)
+    whole = _shard_ids(s3_server, "whole")
+    assert len(whole) == len(set(whole)) and whole
+
+    slow = [*INSTANT, "sdg.test_teacher_args.latency_s=0.5", *batch]
+    job = _submit_no_wait(cluster, "lost", slow, quota)
+    deadline = time.monotonic() + 600
+    while not s3_server.keys("runs/lost/sdg/shards/part-"):
+        assert time.monotonic() < deadline, _job(cluster, "--logs", job)[-3000:]
+        assert _job(cluster, "--status", job).find("FAILED") < 0, _job(cluster, "--logs", job)[-3000:]
+        time.sleep(0.5)
+    part_way = len(_shard_ids(s3_server, "lost"))
+    dead = cluster.kill_worker()
+    fresh = cluster.start_worker()
+    assert fresh != dead
+    state = _wait_job(cluster, job, timeout=600)
+    if state != "SUCCEEDED":  # the node's loss ended the job (or stalled it): the same command again
+        _job(cluster, "--stop", job)
+        _wait_job(cluster, job, timeout=120)
+        out = _submit(cluster, "lost", [*INSTANT, *batch], quota=quota)
+        assert "resumed 0 of" not in out, out[-2000:]
+    lost = _shard_ids(s3_server, "lost")
+    assert 0 < part_way < len(whole), (part_way, len(whole))
+    assert len(lost) == len(set(lost)), "a row was stored twice"
+    assert set(lost) == set(whole)
+    stats = json.loads(s3_server.read("runs/lost/data/stats.json"))
+    assert stats["total"]["rows"] == len(whole)
+    print(f"worker lost after {part_way} of {len(whole)} rows; job {state}")
