@@ -119,7 +119,7 @@ def test_the_worker_lost_mid_generation_then_a_fresh_one_the_run_ends_with_the_i
     node with an empty disk joins. The job either carries on (Ray Data restarts its actors on the new
     node) or fails and is submitted again (it resumes from the bucket): either way every row of the
     plan is stored exactly once and the ids are those of the same run never interrupted."""
-    cluster, quota = two_node_cluster, 24
+    cluster, quota = two_node_cluster, 80  # 160 rows: the writer stores 64 a shard
     batch = ["sdg.batch_size=4", "sdg.actors_per_stage=1"]
     _submit(cluster, "whole", [*INSTANT, *batch], quota=quota)
     whole = _shard_ids(s3_server, "whole")
@@ -149,3 +149,57 @@ def test_the_worker_lost_mid_generation_then_a_fresh_one_the_run_ends_with_the_i
     stats = json.loads(s3_server.read("runs/lost/data/stats.json"))
     assert stats["total"]["rows"] == len(whole)
     print(f"worker lost after {part_way} of {len(whole)} rows; job {state}")
+
+
+def _metrics(s3_server, run: str) -> list[dict]:
+    key = f"runs/{run}/train/metrics.jsonl"
+    if key not in s3_server.keys(key):
+        return []
+    return [json.loads(line) for line in s3_server.read(key).decode().splitlines() if line.strip()]
+
+
+def test_the_worker_lost_mid_training_then_a_fresh_one_the_phase_resumes_from_the_bucket(two_node_cluster, s3_server):
+    """Both training workers run on the worker node; it dies once the phase has a checkpoint in the
+    bucket, and a node with an empty disk joins. Ray Train (FailureConfig) restarts the workers
+    there; they resume from the bucket's checkpoint and the phase finishes. Nothing of the run was
+    on the lost node's disk but scratch."""
+    sys.path.insert(0, str(REPO / "tests" / "train"))
+    from datagen import write_run_data
+
+    from lab_ray.storage import StoragePath
+
+    cluster, run = two_node_cluster, "trained"
+    local = write_run_data(cluster.base / "train-data", n_knowledge_short=8, n_knowledge_long=24, n_skills=8)
+    StoragePath(f"s3://{s3_server.bucket}/runs/{run}/data").upload_dir(local)
+    tiny = ["train=cpu-tiny", "train.num_workers=2", "train.cpus_per_worker=0.5", "train.live=false",
+            "train.knowledge_long.max_seq_len=256", "train.pack_window=64",
+        "train.start_phase=knowledge_long", "train.knowledge_long.max_steps=4",
+        "train.knowledge_long.checkpoint_every=1", "train.knowledge_long.replay_ratio=0",
+        "train.skills.enabled=false", "train.keep_checkpoints=2", "train.selection.max_heldout_rows=4",
+        "train.max_failures=2"]
+    cmd = [sys.executable, "-m", "lab_ray.cli", "submit", "--address", cluster.jobs_url, "--no-wait", "--",
+           "train", "run.root=s3://lab-ray-test/runs", f"run.name={run}", *tiny]
+    p = subprocess.run(cmd, cwd=REPO, env=cluster.subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    job = p.stdout.strip().splitlines()[-1]
+    deadline = time.monotonic() + 900
+    while not any(r.get("phase") == "knowledge_long" and r.get("checkpoint") for r in _metrics(s3_server, run)):
+        assert time.monotonic() < deadline, _job(cluster, "--logs", job)[-3000:]
+        assert "FAILED" not in _job(cluster, "--status", job), _job(cluster, "--logs", job)[-3000:]
+        time.sleep(1)
+    before = _metrics(s3_server, run)
+    saved = [r["step"] for r in before if r.get("phase") == "knowledge_long" and r.get("checkpoint")]
+    assert max(saved) < 4
+    cluster.kill_worker()
+    cluster.start_worker()
+    state = _wait_job(cluster, job, timeout=1200)
+    logs = _job(cluster, "--logs", job)
+    assert state == "SUCCEEDED", logs[-4000:]
+    after = _metrics(s3_server, run)[len(before):]
+    steps = [r["step"] for r in after if r.get("phase") == "knowledge_long" and r.get("event") == "step"]
+    # restarted after the last checkpoint in the bucket (+1: one may have been stored after we looked)
+    assert steps and 1 < steps[0] <= max(saved) + 2 and steps[-1] == 4, (steps, saved)
+    journal = json.loads(s3_server.read(f"runs/{run}/train/journal.json"))
+    assert journal["phases"]["knowledge_long"]["status"] == "done"
+    assert journal["final_checkpoint"].startswith(f"s3://{s3_server.bucket}/runs/{run}/train/")
+    assert not list(cluster.worker_path(cluster.worker_cwd).rglob("runs"))
