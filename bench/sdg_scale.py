@@ -15,6 +15,12 @@ process of the child's Ray session (by session directory in its command
 line), and reports the peak of the sum.
 
     .venv/bin/python bench/sdg_scale.py --samples 100000 1000000
+    .venv/bin/python bench/sdg_scale.py --samples 1000000 --storage local s3
+
+With `--storage local s3` each N runs twice, back to back: run.root on local disk, then
+run.root=s3://lab-ray-bench/<N> on moto's S3 server (server mode, on 127.0.0.1, in this
+parent process: the store's memory is not counted in the run's peak). The child and its
+Ray workers reach it through the standard AWS variables only, as a user's run would.
 
 The last line holds the figures of every N side by side.
 """
@@ -66,7 +72,7 @@ def child(args) -> None:
 
     work = Path(args.dir)
     per_leaf = args.child // args.leaves
-    overrides = [f"run.root={work / 'runs'}", "run.name=scale", f"taxonomy.path={work / 'taxonomy'}",
+    overrides = [f"run.root={args.run_root or work / 'runs'}", "run.name=scale", f"taxonomy.path={work / 'taxonomy'}",
                  f"sdg.samples_per_leaf={per_leaf}", "sdg.test_teacher=lab_ray.testing.fake_teachers:InstantTeacher",
                  "sdg.progress=false", f"ray.num_cpus={args.num_cpus}", "profiles.sdg=lab",
                  f"sdg.batch_size={args.batch_size}", f"sdg.actors_per_stage={args.actors}", *args.override]
@@ -167,16 +173,58 @@ class TreeSampler(threading.Thread):
             self.stop_flag.wait(self.interval)
 
 
-def run_one(n: int, args) -> dict:
+class S3:
+    """moto's S3 server on loopback, one bucket; `env` is all a client needs."""
+
+    BUCKET = "lab-ray-bench"
+
+    def __init__(self):
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
+                    "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_EC2_METADATA_DISABLED": "true"}
+        self.client = boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"], aws_access_key_id="bench",
+                                   aws_secret_access_key="bench", region_name="us-east-1")
+        self.client.create_bucket(Bucket=self.BUCKET)
+
+    def usage(self, prefix: str) -> tuple[int, int]:
+        """(objects, bytes) under prefix."""
+        n = size = 0
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.BUCKET, Prefix=prefix):
+            for o in page.get("Contents", []):
+                n, size = n + 1, size + o["Size"]
+        return n, size
+
+    def clear(self, prefix: str) -> None:
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.BUCKET, Prefix=prefix):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=self.BUCKET, Delete={"Objects": keys})
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def run_one(n: int, args, s3: S3 | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"sdg-scale-{n}-", dir=args.tmp))
+    prefix = f"n{n}"
     try:
         write_taxonomy(work / "taxonomy", args.leaves)
         cmd = [sys.executable, __file__, "--child", str(n), "--dir", str(work), "--leaves", str(args.leaves),
                "--batch-size", str(args.batch_size), "--actors", str(args.actors),
                "--num-cpus", str(args.num_cpus)] + [x for o in args.override for x in ("--override", o)]
+        env = dict(os.environ)
+        if s3 is not None:
+            cmd += ["--run-root", f"s3://{S3.BUCKET}/{prefix}"]
+            env.update(s3.env)
         load0 = os.getloadavg()
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
         sampler = TreeSampler(proc.pid, work / "session")
         sampler.start()
         out = proc.stdout.read()
@@ -193,11 +241,17 @@ def run_one(n: int, args) -> dict:
                  peak_procs=sampler.peak_procs,
                  rss_samples=sampler.samples, tree_cpu_s=round(sum(sampler.cpu.values()), 1),
                  peak_rss_by_process=sampler.peak_by_name, samples_per_s=r["samples"] / r["wall_s"],
-                 load_before=round(load0[0], 1), load_after=round(load1[0], 1))
+                 load_before=round(load0[0], 1), load_after=round(load1[0], 1),
+                 storage="s3" if s3 is not None else "local")
+        if s3 is not None:
+            r["objects"], size = s3.usage(prefix)
+            r["stored_gib"] = round(size / GiB, 3)
         return r
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+            if s3 is not None:
+                s3.clear(prefix)
 
 
 def main() -> None:
@@ -210,26 +264,41 @@ def main() -> None:
     ap.add_argument("--override", action="append", default=[], help="extra key=value config override")
     ap.add_argument("--tmp", default=None, help="parent directory of the temporary run dirs")
     ap.add_argument("--keep", action="store_true", help="keep the temporary run dirs")
+    ap.add_argument("--storage", nargs="+", choices=["local", "s3"], default=["local"],
+                    help="run.root on local disk and/or on moto's S3 server (loopback), back to back per N")
+    ap.add_argument("--run-root", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
         return child(args)
 
+    s3 = S3() if "s3" in args.storage else None
     results = {}
-    for n in args.samples:
-        r = run_one(n, args)
-        results[n] = r
-        print(f"N={n}: {json.dumps(r)}", flush=True)
-    parts = [f"N={n}: {r['wall_s']:.0f} s ({r['generate_s']:.0f} gen + {r['finalize_s']:.0f} finalize), "
+    try:
+        for n in args.samples:
+            for storage in args.storage:
+                r = run_one(n, args, s3 if storage == "s3" else None)
+                results[(n, storage)] = r
+                print(f"N={n} {storage}: {json.dumps(r)}", flush=True)
+    finally:
+        if s3 is not None:
+            s3.stop()
+    parts = [f"N={n} {st}: {r['wall_s']:.0f} s ({r['generate_s']:.0f} gen + {r['finalize_s']:.0f} finalize), "
              f"{r['samples_per_s']:.0f} samples/s, peak PSS {r['peak_pss_gib']:.2f} GiB (summed RSS "
              f"{r['peak_rss_gib']:.2f}), kept {r['kept']}, "
-             f"load {r['load_before']}->{r['load_after']}" for n, r in results.items()]
-    ns = sorted(results)
-    if len(ns) > 1:
-        hi, lo = results[ns[-1]], results[ns[0]]
-        parts.append(f"PSS {ns[-1]}/{ns[0]} = {hi['peak_pss_gib'] / lo['peak_pss_gib']:.2f}x "
-                     f"(RSS {hi['peak_rss_gib'] / lo['peak_rss_gib']:.2f}x)")
+             f"load {r['load_before']}->{r['load_after']}" for (n, st), r in results.items()]
+    for st in args.storage:
+        ns = sorted(n for n, s in results if s == st)
+        if len(ns) > 1:
+            hi, lo = results[(ns[-1], st)], results[(ns[0], st)]
+            parts.append(f"{st} PSS {ns[-1]}/{ns[0]} = {hi['peak_pss_gib'] / lo['peak_pss_gib']:.2f}x "
+                         f"(RSS {hi['peak_rss_gib'] / lo['peak_rss_gib']:.2f}x)")
+    for n in args.samples:
+        if (n, "local") in results and (n, "s3") in results:
+            a, b = results[(n, "local")], results[(n, "s3")]
+            parts.append(f"N={n} s3/local wall = {b['wall_s'] / a['wall_s']:.2f}x, "
+                         f"PSS = {b['peak_pss_gib'] / a['peak_pss_gib']:.2f}x")
     print(f"sdg_scale ({args.leaves} leaves, batch {args.batch_size}, {os.cpu_count()} CPUs): " + " | ".join(parts))
 
 
