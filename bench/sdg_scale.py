@@ -243,7 +243,7 @@ def run_one(n: int, args, s3: S3 | None = None) -> dict:
         r.update(process_wall_s=wall, peak_rss_gib=sampler.peak / GiB, peak_pss_gib=sampler.peak_pss / GiB,
                  peak_procs=sampler.peak_procs,
                  rss_samples=sampler.samples, tree_cpu_s=round(sum(sampler.cpu.values()), 1),
-                 peak_rss_by_process=sampler.peak_by_name, samples_per_s=r["samples"] / r["wall_s"],
+                 peak_rss_by_process=sampler.peak_by_name, samples_per_s=r["rows"] / r["wall_s"],
                  load_before=round(load0[0], 1), load_after=round(load1[0], 1),
                  storage="s3" if s3 is not None else "local")
         if s3 is not None:
