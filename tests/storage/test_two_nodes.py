@@ -180,10 +180,10 @@ def test_the_worker_lost_mid_training_then_a_fresh_one_the_phase_resumes_from_th
     StoragePath(f"s3://{s3_server.bucket}/runs/{run}/data").upload_dir(local)
     tiny = ["train=cpu-tiny", "train.num_workers=2", "train.cpus_per_worker=0.5", "train.live=false",
             "train.knowledge_long.max_seq_len=256", "train.pack_window=64",
-        "train.start_phase=knowledge_long", "train.knowledge_long.max_steps=3",
-        "train.knowledge_long.checkpoint_every=1", "train.knowledge_long.replay_ratio=0",
-        "train.skills.enabled=false", "train.keep_checkpoints=2", "train.selection.max_heldout_rows=4",
-        "train.max_failures=2"]
+            "train.start_phase=knowledge_long", "train.knowledge_long.max_steps=3",
+            "train.knowledge_long.checkpoint_every=1", "train.knowledge_long.replay_ratio=0",
+            "train.skills.enabled=false", "train.keep_checkpoints=2", "train.selection.max_heldout_rows=4",
+            "train.max_failures=2"]
     cmd = [sys.executable, "-m", "lab_ray.cli", "submit", "--address", cluster.jobs_url, "--no-wait", "--",
            "train", "run.root=s3://lab-ray-test/runs", f"run.name={run}", *tiny]
     p = subprocess.run(cmd, cwd=REPO, env=cluster.subprocess_env(), capture_output=True, text=True, timeout=300)
@@ -204,7 +204,7 @@ def test_the_worker_lost_mid_training_then_a_fresh_one_the_phase_resumes_from_th
     assert state == "SUCCEEDED", logs[-4000:]
     after = _metrics(s3_server, run)[len(before):]
     steps = [r["step"] for r in after if r.get("phase") == "knowledge_long" and r.get("event") == "step"]
-    # restarted after the last checkpoint in the bucket (+1: one may have been stored after we looked)
+    # restarted after the last checkpoint in the bucket (up to +2: more may have been stored after we looked)
     assert steps and 1 < steps[0] <= max(saved) + 2 and steps[-1] == 3, (steps, saved)
     journal = json.loads(s3_server.read(f"runs/{run}/train/journal.json"))
     assert journal["phases"]["knowledge_long"]["status"] == "done"
