@@ -173,47 +173,35 @@ class TreeSampler(threading.Thread):
             self.stop_flag.wait(self.interval)
 
 
-class S3:
-    """moto's S3 server on loopback, one bucket; `env` is all a client needs."""
-
-    BUCKET = "lab-ray-bench"
-
-    def __init__(self):
-        import logging
-
-        import boto3
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self.server.start()
-        host, port = self.server.get_host_and_port()
-        self.env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
-                    "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-                    "AWS_EC2_METADATA_DISABLED": "true"}
-        self.client = boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"], aws_access_key_id="bench",
-                                   aws_secret_access_key="bench", region_name="us-east-1")
-        self.client.create_bucket(Bucket=self.BUCKET)
-
-    def usage(self, prefix: str) -> tuple[int, int]:
-        """(objects, bytes) under prefix."""
-        n = size = 0
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.BUCKET, Prefix=prefix):
-            for o in page.get("Contents", []):
-                n, size = n + 1, size + o["Size"]
-        return n, size
-
-    def clear(self, prefix: str) -> None:
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.BUCKET, Prefix=prefix):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                self.client.delete_objects(Bucket=self.BUCKET, Delete={"Objects": keys})
-
-    def stop(self) -> None:
-        self.server.stop()
+BUCKET = "lab-ray-bench"
 
 
-def run_one(n: int, args, s3: S3 | None = None) -> dict:
+def start_s3():
+    """moto's S3 server on loopback: the multi-node test harness's own (tests/multinode)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from multinode.cluster_harness import start_s3_server
+
+    return start_s3_server(BUCKET)
+
+
+def s3_usage(s3, prefix: str) -> tuple[int, int]:
+    """(objects, bytes) under prefix."""
+    n = size = 0
+    for page in s3.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        for o in page.get("Contents", []):
+            n, size = n + 1, size + o["Size"]
+    return n, size
+
+
+def s3_clear(s3, prefix: str) -> None:
+    client = s3.client()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys})
+
+
+def run_one(n: int, args, s3=None) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"sdg-scale-{n}-", dir=args.tmp))
     prefix = f"n{n}"
     try:
@@ -223,7 +211,7 @@ def run_one(n: int, args, s3: S3 | None = None) -> dict:
                "--num-cpus", str(args.num_cpus)] + [x for o in args.override for x in ("--override", o)]
         env = dict(os.environ)
         if s3 is not None:
-            cmd += ["--run-root", f"s3://{S3.BUCKET}/{prefix}"]
+            cmd += ["--run-root", f"s3://{BUCKET}/{prefix}"]
             env.update(s3.env)
         load0 = os.getloadavg()
         t0 = time.perf_counter()
@@ -247,14 +235,14 @@ def run_one(n: int, args, s3: S3 | None = None) -> dict:
                  load_before=round(load0[0], 1), load_after=round(load1[0], 1),
                  storage="s3" if s3 is not None else "local")
         if s3 is not None:
-            r["objects"], size = s3.usage(prefix)
+            r["objects"], size = s3_usage(s3, prefix)
             r["stored_gib"] = round(size / GiB, 3)
         return r
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
             if s3 is not None:
-                s3.clear(prefix)
+                s3_clear(s3, prefix)
 
 
 def main() -> None:
@@ -276,7 +264,7 @@ def main() -> None:
     if args.child is not None:
         return child(args)
 
-    s3 = S3() if "s3" in args.storage else None
+    s3 = start_s3() if "s3" in args.storage else None
     results = {}
     try:
         for n in args.samples:
