@@ -88,12 +88,17 @@ def _read_yaml(path: Path, what: str) -> dict:
 
 
 def _anchor_paths(data: dict, base: Path) -> dict:
-    """Relative repo_map directories in a config file are relative to that file."""
+    """Relative repo_map directories in a config file are relative to that file. One inside
+    the working directory stays relative to it, as taxonomy.path does: a Ray Job unpacks its
+    working directory on every node at a different absolute path, and a task on another node
+    (a checkpoint scorer loading the taxonomy) resolves it against its own copy."""
     repo_map = ((data.get("taxonomy") or {}).get("documents") or {}).get("repo_map")
     if isinstance(repo_map, dict):
+        cwd = Path.cwd().resolve()
         for url, local in repo_map.items():
             if isinstance(local, str) and not Path(local).expanduser().is_absolute():
-                repo_map[url] = str((base / local).resolve())
+                target = (base / local).resolve()
+                repo_map[url] = str(target.relative_to(cwd)) if target.is_relative_to(cwd) else str(target)
     return data
 
 

@@ -37,9 +37,20 @@ def is_uri(location: str) -> bool:
     return "://" in str(location)
 
 
-@lru_cache(maxsize=16)
+# What pyarrow's S3 filesystem reads from the environment when it is built: a
+# process whose environment names another endpoint or identity (a test's second
+# S3 server, a re-pointed shell) must not reuse a filesystem bound to the old one.
+_FS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_DEFAULT_REGION",
+           "AWS_REGION")
+
+
 def _filesystem(base: str) -> pafs.FileSystem:
-    """One filesystem object per process and scheme://authority (connections are reused)."""
+    """One filesystem object per process, scheme://authority and endpoint (connections are reused)."""
+    return _cached_filesystem(base, tuple(os.environ.get(k) for k in _FS_ENV))
+
+
+@lru_cache(maxsize=16)
+def _cached_filesystem(base: str, env: tuple) -> pafs.FileSystem:
     return pafs.FileSystem.from_uri(base)[0]
 
 

@@ -52,6 +52,23 @@ def test_relative_repo_map_in_a_config_file_is_relative_to_it(tmp_path):
     assert cfg.taxonomy.documents.repo_map["https://x/y"] == str(tmp_path / "docs")
 
 
+def test_a_repo_map_directory_inside_the_working_directory_stays_relative_to_it(tmp_path, monkeypatch):
+    """A Ray Job unpacks its working directory on each node at another absolute path: a task on
+    another node must resolve the mapped directory against its own copy, as it does taxonomy.path."""
+    from lab_ray.taxonomy.documents import DocumentResolver
+
+    for copy in ("head", "worker"):
+        (tmp_path / copy / "conf").mkdir(parents=True)
+        (tmp_path / copy / "docs").mkdir()
+        (tmp_path / copy / "conf" / "c.yaml").write_text(
+            "taxonomy:\n  documents:\n    repo_map:\n      https://x/y: ../docs\n")
+    monkeypatch.chdir(tmp_path / "head")
+    cfg = load_config([], "conf/c.yaml")
+    assert cfg.taxonomy.documents.repo_map["https://x/y"] == "docs"
+    monkeypatch.chdir(tmp_path / "worker")  # the same config, used on the other node
+    assert DocumentResolver(cfg.taxonomy.documents)._local_source("https://x/y") == tmp_path / "worker" / "docs"
+
+
 def test_profile_selection():
     with pytest.raises(ConfigError) as e:
         load_config(["teacher=does-not-exist"])

@@ -20,7 +20,7 @@ import time
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from lab_ray.errors import ConfigError, LabRayError
+from lab_ray.errors import LabRayError
 from lab_ray.storage import Journal, run_dir
 
 STEPS = ("validate", "generate", "train", "eval", "report")
@@ -85,9 +85,6 @@ def _pipeline(cfg, journal: Journal) -> dict:
     journal.finish("steps", "validate", leaves=len(tax.leaves))
     (rdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     pending = not all(journal.is_done("steps", step) for step in ("generate", "train", "eval"))
-    if not cfg.teacher.http:
-        raise ConfigError("teacher.http=false: lab-ray run's checkpoint scorers and eval reach the teacher over "
-                          "HTTP; keep teacher.http=true here (lab-ray generate runs without it)")
     if cfg.ray.address is None and cfg.ray.num_cpus is None:
         # The teacher replica holds its CPUs for the whole run while mostly idle
         # during training; without extra logical CPUs Ray Data's tokenisation

@@ -199,7 +199,7 @@ class JudgeStage(TeacherStage):
         messages = self.messages(row, with_examples=False)
         last = dict(messages[-1], content=f"{messages[-1]['content']}\n\n{self.rationale_texts['ask']}")
         return "chat", {"messages": [*messages[:-1], last], "temperature": 0.0,
-                        "max_tokens": int(self.sdg["judge"].get("rationale_max_tokens", 96))}
+                        "max_tokens": int(self.sdg["judge"]["rationale_max_tokens"])}
 
     def with_reasons(self, rows: list[dict], teacher, charge: bool = True) -> list[dict]:
         """Asks each row's reasons and records them; the rows whose request succeeded (a failed one

@@ -109,8 +109,8 @@ class TeacherConfig:
     route_prefix: str = "/"
     app_name: str = "teacher"
     # Serve the OpenAI HTTP API on host:port. false: no HTTP proxy at all (no open port);
-    # only the command's own stages reach the teacher, through DeploymentHandles
-    # (`lab-ray generate`; `lab-ray run`'s scorers and eval, `lab-ray teacher serve` and
+    # only the command's own stages, scorers and eval reach the teacher, through
+    # DeploymentHandles (`lab-ray generate`, `run`, `eval`; `lab-ray teacher serve` and
     # external clients need HTTP).
     http: bool = True
     # Custom Ray resources each teacher replica needs besides its CPUs, e.g. {teacher_node: 1}

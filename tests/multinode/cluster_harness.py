@@ -457,6 +457,31 @@ class TwoNodeCluster:
             time.sleep(1)
         raise RuntimeError(f"the dashboard State API does not answer:\n{self.log_tail('head')}")
 
+    def jobs(self):
+        """Ray's JobSubmissionClient on this cluster's Jobs API: one HTTP call per status poll, where
+        `lab-ray submit --status` would start a Python process each time."""
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.jobs_url, headers={"Authorization": f"Bearer {self.token}"})
+
+    def job_status(self, job_id: str) -> str:
+        """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+        return self.jobs().get_job_status(job_id).value
+
+    def job_logs(self, job_id: str) -> str:
+        return self.jobs().get_job_logs(job_id)
+
+    def wait_job(self, job_id: str, timeout: float, poll: float = 2.0) -> str:
+        """The job's final status, or TIMEOUT."""
+        client, deadline = self.jobs(), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, RuntimeError):  # the dashboard may be busy for a moment
+                state = client.get_job_status(job_id).value
+                if state in ("SUCCEEDED", "FAILED", "STOPPED"):
+                    return state
+            time.sleep(poll)
+        return "TIMEOUT"
+
     def actors(self) -> list[dict]:
         """The State API's actor list, dead ones included (class_name, node_id, state, ...)."""
         return self._get("/api/v0/actors?limit=10000&detail=true")["data"]["result"]["result"]

@@ -167,10 +167,10 @@ def _alive(pid: int) -> bool:
 def test_a_ray_job_through_the_dashboard_runs_its_tasks_on_the_worker(two_node_cluster, s3_server):
     """The Jobs API at `jobs_url` (what `lab-ray submit` uses) with the cluster's token: the job's driver runs
     on the head with the S3 env, its CPU tasks on the worker."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
     c = two_node_cluster
-    client = JobSubmissionClient(c.jobs_url, headers={"Authorization": f"Bearer {c.token}"})
+    client = c.jobs()
     script = ("import os, ray; ray.init(); "
               "f = ray.remote(num_cpus=1)(lambda: ray.get_runtime_context().get_node_id()); "
               "print('DRIVER', ray.get_runtime_context().get_node_id(), 'TASK', ray.get(f.remote()), "
@@ -184,4 +184,5 @@ def test_a_ray_job_through_the_dashboard_runs_its_tasks_on_the_worker(two_node_c
         time.sleep(1)
     logs = client.get_job_logs(job)
     assert status == JobStatus.SUCCEEDED, logs
+    assert c.job_status(job) == "SUCCEEDED" and c.wait_job(job, timeout=10) == "SUCCEEDED"
     assert f"DRIVER {c.head_node_id} TASK {c.worker_node_id} S3 {s3_server.endpoint}" in logs

@@ -1,12 +1,13 @@
-"""A generate job on two Ray nodes that share no disk, with the run root in S3.
+"""Runs on two Ray nodes that share no disk, with the run root in S3.
 
 The head runs with 0 CPUs (like cluster/*.yaml), so every stage actor, finalize
-task and shard writer runs on the worker node, whose /tmp and working directory
-are a private tmpfs; the job's driver runs on the head. The only thing the two
-share is the S3 server. Before the storage layer the driver looked for shards on
-its own disk and found none ("no generated shards"), and a rerun found nothing
-to resume. The instant test teacher stands in for the teacher: the point is
-where every byte goes.
+task, shard writer and training worker runs on the worker node, whose /tmp and
+working directory are a private tmpfs; the job's driver runs on the head. The
+only thing the two share is the S3 server. Before the storage layer the driver
+looked for shards on its own disk and found none ("no generated shards"), and a
+rerun found nothing to resume. `lab-ray run` runs with the real CPU teacher
+pinned to the head; elsewhere the instant test teacher stands in for it where
+the point is where every byte goes, or what survives a lost node.
 """
 
 from __future__ import annotations
@@ -27,14 +28,18 @@ CLUSTER_OPTIONS = {"head_resources": {"teacher_node": 1}}
 INSTANT = ["sdg.test_teacher=lab_ray.testing.fake_teachers:InstantTeacher"]
 
 
-def _submit(cluster, run: str, overrides: list[str] = INSTANT, leaves: str = LEAVES, quota: int = 5) -> str:
-    cmd = [sys.executable, "-m", "lab_ray.cli", "submit", "--address", cluster.jobs_url, "--",
-           "generate", "run.root=s3://lab-ray-test/runs", f"run.name={run}", f"sdg.leaves=[{leaves}]",
-           f"sdg.samples_per_leaf={quota}", "sdg.progress=false", *overrides]
-    p = subprocess.run(cmd, cwd=REPO, env=cluster.subprocess_env(), capture_output=True, text=True, timeout=900)
+def _submit(cluster, run: str, overrides: list[str] = INSTANT, leaves: str = LEAVES, quota: int = 5,
+            command: str = "generate", wait: bool = True) -> str:
+    """`lab-ray submit [--no-wait] -- COMMAND` on the cluster: the output (wait) or the job id (no wait)."""
+    cmd = [sys.executable, "-m", "lab_ray.cli", "submit", "--address", cluster.jobs_url, *([] if wait else ["--no-wait"]),
+           "--", command, "run.root=s3://lab-ray-test/runs", f"run.name={run}", *overrides]
+    if command in ("generate", "run"):
+        cmd += [f"sdg.leaves=[{leaves}]", f"sdg.samples_per_leaf={quota}", "sdg.progress=false"]
+    p = subprocess.run(cmd, cwd=REPO, env=cluster.subprocess_env(), capture_output=True, text=True,
+                       timeout=1500 if wait else 300)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-4000:]
-    return out
+    return out if wait else p.stdout.strip().splitlines()[-1]
 
 
 def test_generate_on_two_nodes_keeps_everything_in_the_bucket(two_node_cluster, s3_server):
@@ -55,52 +60,70 @@ def test_generate_on_two_nodes_keeps_everything_in_the_bucket(two_node_cluster, 
     assert "resumed 10 of 10 tasks" in again, again[-2000:]
 
 
-def test_stages_on_the_worker_reach_the_teacher_on_the_head_through_handles(two_node_cluster, s3_server):
-    """The real CPU teacher pinned to the head, every stage actor on the worker: the stages call
-    the replica on the other node through DeploymentHandles. teacher.http=false runs Serve with no
-    HTTP proxy at all, so a client on the loopback URL would find nothing listening."""
-    run = "handle"
-    out = _submit(two_node_cluster, run, ["teacher.num_cpus=0", "teacher.resources={teacher_node: 1}",
-                                          "teacher.http=false", "sdg.instruction_max_tokens=16",
-                                          "sdg.response_max_tokens=24", "sdg.batch_size=4"],
-                  leaves="compositional_skills/writing/poetry/haiku", quota=4)
+# The whole method, as small as it runs: two phases (knowledge_long off) of one optimizer step, each
+# selected by eval (the scorers run on the worker), and an eval of one chunk and one skills question.
+TINY_RUN = ["pipeline.require_every_leaf=false", "pipeline.eval_base=false", "train.knowledge_long.enabled=false",
+            "eval.knowledge.max_chunks_per_leaf=1", "eval.knowledge.attempts_per_chunk=1",
+            "sdg.instruction_max_tokens=16", "sdg.response_max_tokens=24", "sdg.batch_size=4",
+            "train.num_workers=2", "train.cpus_per_worker=0.5", "train.live=false", "train.selection.max_heldout_rows=4",
+            *[f"train.{ph}.{k}" for ph in ("knowledge_short", "knowledge_long", "skills")
+              for k in ("max_steps=1", "checkpoint_every=1", "max_seq_len=256")],
+            "eval.skills.max_questions_per_leaf=1"]
+
+
+def _teacher_replicas(cluster) -> list[dict]:
+    return [a for a in cluster.actors() if "CPUTeacher" in (a.get("class_name") or "")]
+
+
+def test_run_on_two_nodes_keeps_every_artifact_in_the_bucket_and_reaches_the_teacher_through_handles(
+        two_node_cluster, s3_server):
+    """`lab-ray submit -- run`: generate, train + select, eval and report on two nodes with no shared
+    disk. The real CPU teacher is pinned to the head (its custom resource; the head has 0 CPUs);
+    every stage actor, both Ray Train workers and the checkpoint scorers run on the worker node.
+    teacher.http=false runs Serve with no HTTP proxy at all, so a client on the loopback URL would
+    find nothing listening: the stages, scorers and eval reach the replica through DeploymentHandles.
+    Every artifact is in the bucket, no node has a run directory, and a rerun finds every step done
+    and deploys no teacher."""
+    cluster, run = two_node_cluster, "full"
+    teacher = ["teacher.num_cpus=0", "teacher.resources={teacher_node: 1}", "teacher.http=false"]
+    out = _submit(cluster, run, [*teacher, *TINY_RUN], quota=4, command="run")
+    steps = json.loads(s3_server.read(f"runs/{run}/run.json"))["steps"]
+    print("wall seconds per step:", {k: round(v.get("wall_s", 0)) for k, v in steps.items()})
+    assert {k: v["status"] for k, v in steps.items()} == dict.fromkeys(
+        ("validate", "generate", "train", "eval", "report"), "done"), out[-3000:]
+    # generation: every stage was answered, none by an error
     stats = json.loads(s3_server.read(f"runs/{run}/data/stats.json"))
-    assert stats["total"]["rows"] == 4, out[-2000:]
-    assert "teacher_error" not in stats["total"]["dropped"], stats["total"]
-    stages = stats["leaves"]["compositional_skills/writing/poetry/haiku"]["stages"]
-    assert all(st["prompt_tokens"] > 0 for st in stages if st["stage"] != "dedup"), stages  # every stage was answered
-    actors = two_node_cluster.actors()
-    replicas = {a["node_id"] for a in actors if "CPUTeacher" in (a.get("class_name") or "")}
-    callers = {a["node_id"] for a in actors if "MapBatches(Generate" in (a.get("class_name") or "")
-               or "MapBatches(Judge" in (a.get("class_name") or "")}
-    assert replicas == {two_node_cluster.head_node_id}, replicas
-    assert callers and callers <= {two_node_cluster.worker_node_id}, callers
+    assert stats["total"]["rows"] == 8 and "teacher_error" not in stats["total"]["dropped"], stats["total"]
+    for leaf, st in stats["leaves"].items():
+        assert all(s["prompt_tokens"] > 0 for s in st["stages"] if s["stage"] != "dedup"), (leaf, st["stages"])
+    # training and eval: checkpoint and results are bucket URIs; the report is there too
+    bucket_run = f"s3://{s3_server.bucket}/runs/{run}/"
+    final = steps["train"]["final_checkpoint"]
+    assert final.startswith(bucket_run + "train/"), final
+    keys = s3_server.keys(f"runs/{run}/")
+    assert any(k.endswith("model.safetensors") and k.startswith(final[len("s3://lab-ray-test/"):]) for k in keys)
+    assert steps["eval"]["path"].startswith(bucket_run), steps["eval"]["path"]
+    for key in ("report/report.md", "report/report.html", "config.yaml", "train/journal.json"):
+        assert f"runs/{run}/{key}" in keys, key
+    # where things ran: the teacher on the head, its callers and the train workers on the worker
+    actors = cluster.actors()
+    replicas = {a["node_id"] for a in _teacher_replicas(cluster)}
+    callers = {a["node_id"] for a in actors if any(f"MapBatches({k}" in (a.get("class_name") or "")
+                                                   for k in ("Generate", "Judge"))}
+    trainers = {a["node_id"] for a in actors if "RayTrainWorker" in (a.get("class_name") or "")}
+    assert replicas == {cluster.head_node_id}, replicas
+    assert callers and callers <= {cluster.worker_node_id}, callers
+    assert trainers == {cluster.worker_node_id}, trainers
+    assert not list(cluster.worker_path(cluster.worker_cwd).rglob("runs")), "the worker wrote a local run dir"
+    assert not (REPO / "runs" / run).exists()
 
-
-def _submit_no_wait(cluster, run: str, overrides: list[str], quota: int) -> str:
-    cmd = [sys.executable, "-m", "lab_ray.cli", "submit", "--address", cluster.jobs_url, "--no-wait", "--",
-           "generate", "run.root=s3://lab-ray-test/runs", f"run.name={run}", f"sdg.leaves=[{LEAVES}]",
-           f"sdg.samples_per_leaf={quota}", "sdg.progress=false", *overrides]
-    p = subprocess.run(cmd, cwd=REPO, env=cluster.subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
-    return p.stdout.strip().splitlines()[-1]
-
-
-def _job(cluster, *args: str) -> str:
-    p = subprocess.run([sys.executable, "-m", "lab_ray.cli", "submit", "--address", cluster.jobs_url, *args],
-                       cwd=REPO, env=cluster.subprocess_env(), capture_output=True, text=True, timeout=120)
-    return p.stdout + p.stderr
-
-
-def _wait_job(cluster, job_id: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = _job(cluster, "--status", job_id)
-        for state in ("SUCCEEDED", "FAILED", "STOPPED"):
-            if f": {state}" in line or f"JobStatus.{state}" in line:
-                return state
-        time.sleep(3)
-    return "TIMEOUT"
+    # rerun: every step is done in the bucket; no teacher is deployed (so no teacher call)
+    deployed = len(_teacher_replicas(cluster))
+    again = _submit(cluster, run, [*teacher, *TINY_RUN], quota=4, command="run")
+    assert "generate:" not in again and "train:" not in again and "eval:" not in again, again[-3000:]
+    assert len(_teacher_replicas(cluster)) == deployed
+    redone = json.loads(s3_server.read(f"runs/{run}/run.json"))["steps"]
+    assert all(redone[k] == steps[k] for k in ("generate", "train", "eval"))
 
 
 def _shard_ids(s3_server, run: str) -> list[str]:
@@ -129,23 +152,22 @@ def test_the_worker_lost_mid_generation_then_a_fresh_one_the_run_ends_with_the_i
     # dies 10 s after the plan is stored (a kill on the first shard raced the writer on CI: it
     # had every row queued and stored them all while the test's poll came round).
     slow = [*INSTANT, "sdg.test_teacher_args.latency_s=1.0", *batch]
-    job = _submit_no_wait(cluster, "lost", slow, quota)
-    deadline, last_status = time.monotonic() + 600, 0.0
+    job = _submit(cluster, "lost", slow, quota=quota, wait=False)
+    deadline = time.monotonic() + 600
     while "runs/lost/sdg/plan.json" not in s3_server.keys("runs/lost/sdg/"):
-        assert time.monotonic() < deadline, _job(cluster, "--logs", job)[-3000:]
-        if time.monotonic() - last_status > 15:  # a CLI start: seconds, so not every poll
-            assert "FAILED" not in _job(cluster, "--status", job), _job(cluster, "--logs", job)[-3000:]
-            last_status = time.monotonic()
+        assert time.monotonic() < deadline, cluster.job_logs(job)[-3000:]
+        assert cluster.job_status(job) != "FAILED", cluster.job_logs(job)[-3000:]
         time.sleep(0.2)
     time.sleep(10)
     part_way = len(_shard_ids(s3_server, "lost"))
     dead = cluster.kill_worker()
     fresh = cluster.start_worker()
     assert fresh != dead
-    state = _wait_job(cluster, job, timeout=600)
+    state = cluster.wait_job(job, timeout=600)
     if state != "SUCCEEDED":  # the node's loss ended the job (or stalled it): the same command again
-        _job(cluster, "--stop", job)
-        _wait_job(cluster, job, timeout=120)
+        subprocess.run([sys.executable, "-m", "lab_ray.cli", "submit", "--address", cluster.jobs_url, "--stop", job],
+                       cwd=REPO, env=cluster.subprocess_env(), capture_output=True, timeout=120)
+        cluster.wait_job(job, timeout=120)
         out = _submit(cluster, "lost", [*INSTANT, *batch], quota=quota)
         assert "resumed 0 of" not in out, out[-2000:]
     lost = _shard_ids(s3_server, "lost")
@@ -172,9 +194,8 @@ def test_the_worker_lost_mid_training_then_a_fresh_one_the_phase_resumes_from_th
     sys.path.insert(0, str(REPO / "tests" / "train"))
     from datagen import write_run_data
 
-    from lab_ray.storage import StoragePath, _filesystem
+    from lab_ray.storage import StoragePath
 
-    _filesystem.cache_clear()  # an earlier module's S3 server (another port) may be cached for this bucket
     cluster, run = two_node_cluster, "trained"
     local = write_run_data(cluster.base / "train-data", n_knowledge_short=8, n_knowledge_long=24, n_skills=8)
     StoragePath(f"s3://{s3_server.bucket}/runs/{run}/data").upload_dir(local)
@@ -184,23 +205,19 @@ def test_the_worker_lost_mid_training_then_a_fresh_one_the_phase_resumes_from_th
             "train.knowledge_long.checkpoint_every=1", "train.knowledge_long.replay_ratio=0",
             "train.skills.enabled=false", "train.keep_checkpoints=2", "train.selection.max_heldout_rows=4",
             "train.max_failures=2"]
-    cmd = [sys.executable, "-m", "lab_ray.cli", "submit", "--address", cluster.jobs_url, "--no-wait", "--",
-           "train", "run.root=s3://lab-ray-test/runs", f"run.name={run}", *tiny]
-    p = subprocess.run(cmd, cwd=REPO, env=cluster.subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
-    job = p.stdout.strip().splitlines()[-1]
+    job = _submit(cluster, run, tiny, command="train", wait=False)
     deadline = time.monotonic() + 900
     while not any(r.get("phase") == "knowledge_long" and r.get("checkpoint") for r in _metrics(s3_server, run)):
-        assert time.monotonic() < deadline, _job(cluster, "--logs", job)[-3000:]
-        assert "FAILED" not in _job(cluster, "--status", job), _job(cluster, "--logs", job)[-3000:]
-        time.sleep(1)
+        assert time.monotonic() < deadline, cluster.job_logs(job)[-3000:]
+        assert cluster.job_status(job) != "FAILED", cluster.job_logs(job)[-3000:]
+        time.sleep(0.5)
     before = _metrics(s3_server, run)
     saved = [r["step"] for r in before if r.get("phase") == "knowledge_long" and r.get("checkpoint")]
     assert max(saved) < 3
     cluster.kill_worker()
     cluster.start_worker()
-    state = _wait_job(cluster, job, timeout=1200)
-    logs = _job(cluster, "--logs", job)
+    state = cluster.wait_job(job, timeout=1200)
+    logs = cluster.job_logs(job)
     assert state == "SUCCEEDED", logs[-4000:]
     after = _metrics(s3_server, run)[len(before):]
     steps = [r["step"] for r in after if r.get("phase") == "knowledge_long" and r.get("event") == "step"]
