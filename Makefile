@@ -7,6 +7,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN    ?= default
+# Extra overrides for `make run`, e.g. ARGS=teacher=vllm-cpu (Linux: 0.80x the time, bench/RESULTS.md).
+ARGS   ?=
 
 .PHONY: run test setup clean bench
 
@@ -26,7 +28,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/lab-ray run run.name=$(RUN)
+	$(BIN)/lab-ray run run.name=$(RUN) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
