@@ -71,6 +71,8 @@ class StoragePath:
     def __init__(self, location: str | os.PathLike | "StoragePath"):
         if isinstance(location, StoragePath):
             self.uri = location.uri
+        elif str(location).startswith("file://"):  # a (shared) mount named as a URI: a local path
+            self.uri = str(Path(str(location)[len("file://"):]).absolute())
         elif is_uri(str(location)):
             self.uri = str(location).rstrip("/")
         else:

@@ -136,15 +136,29 @@ def evaluate_model(model_path: str, cfg, sets: EvalSets, teacher, parts=("knowle
             "seconds": round(time.time() - t0, 1)}
 
 
-def model_fingerprint(model_path: str) -> str:
-    """Name, size and mtime of the model's weight and config files (a retrained checkpoint changes it)."""
-    from lab_ray.embedded_model import resolve_model
+_MODEL_FILES = (".safetensors", ".bin", ".json", ".pt")
 
+
+def model_fingerprint(model_path: str) -> str:
+    """Name, size and mtime of the model's weight and config files (a retrained checkpoint changes it).
+    A checkpoint URI is never rewritten (Ray Train names each checkpoint anew): its URI and its files'
+    names and sizes identify it, the same on every node, where a node's downloaded copy has its own
+    path and mtimes (the eval cache in the run's storage would miss across nodes)."""
+    from lab_ray.embedded_model import resolve_model
+    from lab_ray.storage import StoragePath, is_uri
+
+    if is_uri(str(model_path)):
+        root = StoragePath(str(model_path))
+        parts = [root.uri]
+        for f in sorted(root.iterdir()):
+            if f.name.endswith(_MODEL_FILES) and f.is_file():
+                parts.append(f"{f.name}:{f.fs.get_file_info(f.path).size}")
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     local = Path(resolve_model(materialize(str(model_path))))
     parts = [str(local.resolve())]
     if local.is_dir():
         for f in sorted(local.iterdir()):
-            if f.suffix in (".safetensors", ".bin", ".json", ".pt") and f.is_file():
+            if f.suffix in _MODEL_FILES and f.is_file():
                 st = f.stat()
                 parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

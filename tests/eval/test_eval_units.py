@@ -179,3 +179,24 @@ def test_shared_prompt_scoring_matches_full_forward(student):
     shared, full = student._scores_shared_prompt(prompt, conts), student._scores_full(prompt, conts)
     for (a, n), (b, m) in zip(shared, full):
         assert n == m and a == pytest.approx(b, abs=1e-3)
+
+
+def test_a_checkpoint_uri_has_one_fingerprint_on_every_node(tmp_path, monkeypatch):
+    """The eval cache lives in the run's storage; its key must not depend on which node downloaded
+    the checkpoint (each has its own copy, path and mtimes), and a changed file must change it."""
+    from lab_ray.eval.runner import model_fingerprint
+    from lab_ray.train.checkpoints import materialize
+
+    ckpt = tmp_path / "store" / "checkpoint_1"
+    ckpt.mkdir(parents=True)
+    (ckpt / "model.safetensors").write_bytes(b"w" * 10)
+    (ckpt / "config.json").write_text("{}")
+    uri = f"file://{ckpt}"
+    first = model_fingerprint(uri)
+    # two nodes' downloaded copies differ in path (and mtime) ...
+    copies = {materialize(uri, cache_root=str(tmp_path / node)) for node in ("head", "worker")}
+    assert len(copies) == 2
+    monkeypatch.setenv("LAB_RAY_CHECKPOINT_CACHE", str(tmp_path / "worker"))
+    assert model_fingerprint(uri) == first  # ... the URI's fingerprint does not
+    (ckpt / "model.safetensors").write_bytes(b"w" * 11)
+    assert model_fingerprint(uri) != first
