@@ -148,11 +148,12 @@ def model_fingerprint(model_path: str) -> str:
     from lab_ray.storage import StoragePath, is_uri
 
     if is_uri(str(model_path)):
+        import pyarrow.fs as pafs
+
         root = StoragePath(str(model_path))
-        parts = [root.uri]
-        for f in sorted(root.iterdir()):
-            if f.name.endswith(_MODEL_FILES) and f.is_file():
-                parts.append(f"{f.name}:{f.fs.get_file_info(f.path).size}")
+        listing = root.fs.get_file_info(pafs.FileSelector(root.path, allow_not_found=True))  # one call
+        parts = [root.uri] + sorted(f"{i.base_name}:{i.size}" for i in listing
+                                    if i.type == pafs.FileType.File and i.base_name.endswith(_MODEL_FILES))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     local = Path(resolve_model(materialize(str(model_path))))
     parts = [str(local.resolve())]

@@ -462,7 +462,9 @@ class TwoNodeCluster:
         `lab-ray submit --status` would start a Python process each time."""
         from ray.job_submission import JobSubmissionClient
 
-        return JobSubmissionClient(self.jobs_url, headers={"Authorization": f"Bearer {self.token}"})
+        if self.__dict__.get("_jobs") is None:  # built once: each client checks the server's version
+            self._jobs = JobSubmissionClient(self.jobs_url, headers={"Authorization": f"Bearer {self.token}"})
+        return self._jobs
 
     def job_status(self, job_id: str) -> str:
         """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
@@ -473,10 +475,10 @@ class TwoNodeCluster:
 
     def wait_job(self, job_id: str, timeout: float, poll: float = 2.0) -> str:
         """The job's final status, or TIMEOUT."""
-        client, deadline = self.jobs(), time.monotonic() + timeout
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError, RuntimeError):  # the dashboard may be busy for a moment
-                state = client.get_job_status(job_id).value
+                state = self.job_status(job_id)
                 if state in ("SUCCEEDED", "FAILED", "STOPPED"):
                     return state
             time.sleep(poll)

@@ -71,8 +71,8 @@ TINY_RUN = ["pipeline.require_every_leaf=false", "pipeline.eval_base=false", "tr
             "eval.skills.max_questions_per_leaf=1"]
 
 
-def _teacher_replicas(cluster) -> list[dict]:
-    return [a for a in cluster.actors() if "CPUTeacher" in (a.get("class_name") or "")]
+def _teacher_replicas(actors: list[dict]) -> list[dict]:
+    return [a for a in actors if "CPUTeacher" in (a.get("class_name") or "")]
 
 
 def test_run_on_two_nodes_keeps_every_artifact_in_the_bucket_and_reaches_the_teacher_through_handles(
@@ -107,7 +107,7 @@ def test_run_on_two_nodes_keeps_every_artifact_in_the_bucket_and_reaches_the_tea
         assert f"runs/{run}/{key}" in keys, key
     # where things ran: the teacher on the head, its callers and the train workers on the worker
     actors = cluster.actors()
-    replicas = {a["node_id"] for a in _teacher_replicas(cluster)}
+    replicas = {a["node_id"] for a in _teacher_replicas(actors)}
     callers = {a["node_id"] for a in actors if any(f"MapBatches({k}" in (a.get("class_name") or "")
                                                    for k in ("Generate", "Judge"))}
     trainers = {a["node_id"] for a in actors if "RayTrainWorker" in (a.get("class_name") or "")}
@@ -118,10 +118,10 @@ def test_run_on_two_nodes_keeps_every_artifact_in_the_bucket_and_reaches_the_tea
     assert not (REPO / "runs" / run).exists()
 
     # rerun: every step is done in the bucket; no teacher is deployed (so no teacher call)
-    deployed = len(_teacher_replicas(cluster))
+    deployed = len(_teacher_replicas(actors))
     again = _submit(cluster, run, [*teacher, *TINY_RUN], quota=4, command="run")
     assert "generate:" not in again and "train:" not in again and "eval:" not in again, again[-3000:]
-    assert len(_teacher_replicas(cluster)) == deployed
+    assert len(_teacher_replicas(cluster.actors())) == deployed
     redone = json.loads(s3_server.read(f"runs/{run}/run.json"))["steps"]
     assert all(redone[k] == steps[k] for k in ("generate", "train", "eval"))
 
