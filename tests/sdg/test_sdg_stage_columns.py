@@ -132,3 +132,18 @@ def test_a_stage_returns_the_whole_schema_with_fixed_types():
             assert pd.api.types.is_string_dtype(out[c.name]) or out[c.name].dtype == object, c.name
         else:
             assert str(out[c.name].dtype) == c.dtype, c.name
+
+
+@pytest.mark.parametrize("shown, turns", [(None, 2), (1, 1), (0, 0)])
+def test_the_response_shows_as_many_example_turns_as_sdg_response_examples_says(shown, turns):
+    from lab_ray.sdg.stages import GenerateResponse
+
+    stage = GenerateResponse(None, {**SDG, "response_examples": shown})
+    row = _row("freeform")
+    _, body = stage.request(row)
+    msgs = body["messages"]
+    assert [m["role"] for m in msgs] == ["system"] + ["user", "assistant"] * turns + ["user"]
+    assert msgs[-1]["content"] == "Name another fact?"
+    assert all(m["content"] == "Water is wet." for m in msgs[2:-1:2])
+    # the memo keys on how many were shown: a row rendered after another count gets its own turns
+    assert len(stage.request(row)[1]["messages"]) == len(msgs)

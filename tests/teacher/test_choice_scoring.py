@@ -36,3 +36,97 @@ def test_multi_token_single_token_and_empty_choices_match_the_reference(engine):
         for c in choices:
             assert scores[c] == pytest.approx(reference_logprob(engine, prompt, c), abs=2e-3), c
     assert got[1][""] == 0.0
+
+
+# -- prefix sharing: a batch's shared prompt prefix is computed once -------------------------------
+SYSTEM = ("You check tasks written for an AI assistant. Answer yes only if the task is of the requested "
+          "kind, harmless, and possible with text alone.")
+
+
+def judge_prompts(engine):
+    """Three prompts sharing a judge's system text, one with other system text, one sharing nothing."""
+    def chat(system, user):
+        return engine.chat_prompt(([{"role": "system", "content": system}] if system else [])
+                                  + [{"role": "user", "content": user}])
+    return [chat(SYSTEM, "Task: List a synonym for happy."), chat(SYSTEM, "Task: Write a haiku about rain."),
+            chat(SYSTEM, "Task: What is 2+2?"), chat("You are a warm writer.", "Describe a cat."),
+            chat("", "Hello there")]
+
+
+def test_prefix_clusters_group_prompts_by_a_shared_prefix_and_leave_each_a_token_to_run():
+    from lab_ray.teacher.engine import prefix_clusters
+
+    shared = list(range(100, 130))
+    prompts = [shared + [1, 2], [7] * 40, shared + [3], shared + [1, 2], shared[:10] + [9, 9]]
+    clusters = prefix_clusters(prompts, min_shared=16)
+    by_member = {i: c for c in clusters for i in c.members}
+    assert sorted(i for c in clusters for i in c.members) == [0, 1, 2, 3, 4]
+    assert by_member[0] is by_member[2] is by_member[3] and by_member[0].prefix == shared
+    assert by_member[1].prefix == [] and by_member[4].prefix == []  # alone, or sharing < 16 tokens
+    # identical prompts (a request's n completions) share all but the last token
+    twins = prefix_clusters([shared, shared], min_shared=16)
+    assert len(twins) == 1 and twins[0].prefix == shared[:-1]
+
+
+def test_choices_scored_on_a_shared_prefix_match_the_reference_and_report_the_reused_tokens(engine):
+    from lab_ray.teacher.engine import GenUnit
+
+    prompts = judge_prompts(engine)
+    choices = ("yes", "no", "not at all, never")
+    got = engine.run([GenUnit(p, 1, choices=choices, top_logprobs=1) for p in prompts])
+    for prompt, r in zip(prompts, got):
+        for c in choices:
+            assert r.choice_logprobs[c] == pytest.approx(reference_logprob(engine, prompt, c), abs=2e-3), c
+    shared = next(k for k, toks in enumerate(zip(*prompts[:3])) if len(set(toks)) > 1)
+    assert shared >= 16
+    # the first of the three judge prompts computes the prefix; the other two reuse it
+    assert sorted(r.cached_tokens for r in got[:3]) == [0, shared, shared]
+    assert got[3].cached_tokens == got[4].cached_tokens == 0
+
+
+def reference_greedy(engine, prompt_ids: list[int], max_new: int) -> str:
+    """transformers' own greedy generate on the prompt alone (no padding, no shared prefix)."""
+    with torch.no_grad():
+        out = engine.model.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=max_new, do_sample=False,
+                                    top_k=None, top_p=None, temperature=None,
+                                    pad_token_id=engine.tokenizer.pad_token_id)
+    return engine.tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
+
+
+def test_greedy_text_with_shared_prefixes_and_rows_leaving_early_equals_each_prompt_generated_alone(engine):
+    """The engine's own decode loop (shared prefixes computed once, finished rows leaving the batch,
+    rows of different max_tokens in one batch) gives what transformers' generate gives per prompt."""
+    from lab_ray.teacher.engine import GenUnit
+
+    prompts = judge_prompts(engine)
+    prompts.append(prompts[1])  # a second completion of the same prompt (n=2)
+    lengths = [20, 6, 20, 12, 20, 20]
+    together = engine.run([GenUnit(p, n, temperature=0.0) for p, n in zip(prompts, lengths)])
+    assert [r.text for r in together] == [reference_greedy(engine, p, n) for p, n in zip(prompts, lengths)]
+    assert [r.completion_tokens <= n for r, n in zip(together, lengths)] == [True] * len(prompts)
+    assert sum(r.cached_tokens > 0 for r in together) == 3  # 4 prompts share the system text; one computes it
+    assert all(r.cached_tokens == 0 for r in engine.run([GenUnit(prompts[0], 4, temperature=0.0)]))
+
+
+def test_a_stop_string_ends_its_row_and_a_seed_repeats_a_sampled_batch(engine):
+    from lab_ray.teacher.engine import GenUnit
+
+    prompts = judge_prompts(engine)
+    free = reference_greedy(engine, prompts[3], 30)
+    stop = free.split()[2]  # a word the greedy text reaches
+    cut = engine.run([GenUnit(prompts[3], 30, temperature=0.0, stop=(stop,)), GenUnit(prompts[4], 30, temperature=0.0)])
+    assert cut[0].text == free[: free.find(stop)] and cut[0].finish_reason == "stop"
+    assert cut[1].text == reference_greedy(engine, prompts[4], 30)
+    batch = [GenUnit(p, 12, temperature=0.9, top_p=0.9, seed=7) for p in prompts]
+    assert [r.text for r in engine.run(batch)] == [r.text for r in engine.run(batch)]
+
+
+def test_usage_bills_a_prompt_once_and_counts_as_cached_only_what_no_completion_of_it_computed():
+    from lab_ray.teacher.engine import GenResult
+    from lab_ray.teacher.serve_cpu import _envelope
+
+    r = [GenResult("a", 1, "stop", cached_tokens=0), GenResult("b", 1, "stop", cached_tokens=37)]
+    one_prompt_n2 = _envelope("chat.completion", "x", "m", [], 50, r, n=2)["usage"]
+    two_prompts = _envelope("text_completion", "x", "m", [], 100, r, n=1)["usage"]
+    assert one_prompt_n2["prompt_tokens_details"]["cached_tokens"] == 0
+    assert two_prompts["prompt_tokens_details"]["cached_tokens"] == 37
