@@ -93,9 +93,10 @@ class SDGConfig:
     seed: int = 42
     # In-context examples per request, rotated through the leaf's examples.
     examples_per_prompt: int = 3
-    # Of those, how many the response stage shows as earlier turns (null = all). They teach the
-    # leaf's answer form, and they are most of a response request's prompt: paid once per
-    # candidate, where generation stages with fan-out pay theirs once per n (README "Fan-out").
+    # Of those, how many the response stage shows as earlier turns (null = all). They are most of
+    # a response request's prompt, paid once per candidate, but they teach the leaf's answer
+    # form: on the community synonyms leaf, 0 made the small teacher's answers twice as long and
+    # kept fewer (bench/RESULTS.md). For leaves whose examples are long.
     response_examples: Optional[int] = None
     temperature: float = 0.8
     instruction_max_tokens: int = 64

@@ -21,6 +21,7 @@ import copy
 import math
 import os
 from dataclasses import dataclass, field, replace
+from collections import OrderedDict
 from itertools import groupby
 
 # OpenMP threads that spin while waiting collapse when the CPU is shared (Ray
@@ -58,6 +59,34 @@ class GenResult:
 
 # A prefix shorter than this is not worth a separate pass (the chat template's header alone is ~3).
 MIN_SHARED_PREFIX = 16
+
+
+class PrefixStore:
+    """The KV caches of the last few shared prefixes, kept between batches: a judge's rows arrive
+    in many batches, mixed with other stages' requests, and its system text and instructions are
+    the same in all of them. Least recently used out; a few MB per entry for a 135M model."""
+
+    def __init__(self, limit: int = 16):
+        self.limit = limit
+        self.entries: OrderedDict[tuple[int, ...], tuple] = OrderedDict()
+
+    def longest(self, target: list[int]) -> tuple[tuple[int, ...], tuple] | None:
+        """(key, entry) of the longest kept prefix of `target` (at least MIN_SHARED_PREFIX long)."""
+        best = None
+        for key in self.entries:
+            if MIN_SHARED_PREFIX <= len(key) <= len(target) and (best is None or len(key) > len(best)) \
+                    and tuple(target[: len(key)]) == key:
+                best = key
+        if best is None:
+            return None
+        self.entries.move_to_end(best)
+        return best, self.entries[best]
+
+    def put(self, key: list[int], entry: tuple) -> None:
+        self.entries[tuple(key)] = entry
+        self.entries.move_to_end(tuple(key))
+        while len(self.entries) > self.limit:
+            self.entries.popitem(last=False)
 
 
 @dataclass
@@ -114,6 +143,7 @@ class Engine:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         self.model.eval()
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.judged_prefixes = PrefixStore()  # choice scoring's shared prefixes, kept between batches
 
     # -- prompts ------------------------------------------------------------
     def chat_prompt(self, messages: list[dict]) -> list[int]:
@@ -204,10 +234,10 @@ class Engine:
         tokens: list[list[int]] = [[] for _ in units]
         logps: list[list[torch.Tensor]] = [[] for _ in units]
         for step in range(max(u.max_tokens for u in units)):
+            raw = logits.log_softmax(-1) if want_lp else None  # logprobs of the model, before EOS is masked
             if u0.ignore_eos:  # vLLM's ignore_eos: EOS is never sampled
-                logits[:, eos] = float("-inf")
+                logits = logits.index_fill(1, eos, float("-inf"))
             chosen = _pick(logits, u0.temperature, u0.top_p, rng)
-            raw = out.logits[:, -1].float().log_softmax(-1) if want_lp else None
             keep = []
             for k, i in enumerate(live):
                 t = int(chosen[k])
@@ -290,19 +320,37 @@ class Engine:
         return [scores for scores, _ in self._score_many(items)]
 
     def _score_many(self, items: list[tuple[list[int], list[str]]]) -> list[tuple[dict[str, float], int]]:
-        """(choice scores, prompt tokens reused) per item; items sharing a prompt prefix (a judge's
-        system text and instructions) compute it once and each run only the rest of its prompt."""
+        """(choice scores, prompt tokens reused) per item. Items sharing a prompt prefix (a judge's
+        system text and instructions) compute it once and each run only the rest of its prompt;
+        the prefix's cache is kept (`judged_prefixes`) for the same judge's rows in later batches."""
         results: list = [None] * len(items)
         for c in prefix_clusters([p for p, _ in items]):
-            head = None
-            if c.prefix:
-                out = self.model(input_ids=torch.tensor([c.prefix]), use_cache=True, logits_to_keep=1)
-                head = _cache_of(out)
+            alone = len(c.members) == 1
+            # a lone prompt only looks up a kept prefix; a shared one is computed (or extended) and kept
+            head, reused = self._judged_prefix(items[c.members[0]][0][:-1] if alone else c.prefix, keep=not alone)
             for k, i in enumerate(c.members):
                 prompt_ids, choices = items[i]
-                prefix = (head[0], copy.deepcopy(head[1]), len(c.prefix)) if head else None
-                results[i] = (self._score_choices(prompt_ids, choices, prefix), len(c.prefix) if k else 0)
+                prefix = (head[0], copy.deepcopy(head[1]), head[2]) if head else None
+                results[i] = (self._score_choices(prompt_ids, choices, prefix), head[2] if head and k else reused)
         return results
+
+    def _judged_prefix(self, target: list[int], keep: bool):
+        """((cache argument, cache, length), tokens taken from a kept prefix) for a prompt prefix:
+        the longest kept prefix of `target`, extended to all of it when `keep` (and kept then);
+        (None, 0) when nothing worth sharing."""
+        hit = self.judged_prefixes.longest(target)
+        if not keep:
+            return (hit[1], hit[1][2]) if hit else (None, 0)
+        if len(target) < MIN_SHARED_PREFIX:
+            return None, 0
+        if hit and hit[1][2] == len(target):
+            return hit[1], len(target)
+        start = hit[1][2] if hit else 0
+        given = {hit[1][0]: copy.deepcopy(hit[1][1])} if hit else {}
+        out = self.model(input_ids=torch.tensor([target[start:]]), use_cache=True, logits_to_keep=1, **given)
+        head = (*_cache_of(out), len(target))
+        self.judged_prefixes.put(target, head)
+        return head, start
 
     def _score_choices(self, prompt_ids: list[int], choices: list[str], prefix=None) -> dict[str, float]:
         """prefix: (cache argument name, the cache of prompt_ids[:n], n) - only the rest is run."""

@@ -73,6 +73,7 @@ def test_choices_scored_on_a_shared_prefix_match_the_reference_and_report_the_re
 
     prompts = judge_prompts(engine)
     choices = ("yes", "no", "not at all, never")
+    engine.judged_prefixes.entries.clear()
     got = engine.run([GenUnit(p, 1, choices=choices, top_logprobs=1) for p in prompts])
     for prompt, r in zip(prompts, got):
         for c in choices:
@@ -82,6 +83,12 @@ def test_choices_scored_on_a_shared_prefix_match_the_reference_and_report_the_re
     # the first of the three judge prompts computes the prefix; the other two reuse it
     assert sorted(r.cached_tokens for r in got[:3]) == [0, shared, shared]
     assert got[3].cached_tokens == got[4].cached_tokens == 0
+    # a later batch: the judge's kept prefix serves a lone row of it (no other row to share with)
+    later = engine.chat_prompt([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Task: Name a colour."}])
+    again = engine.run([GenUnit(later, 1, choices=choices), GenUnit(prompts[4], 1, choices=choices)])
+    assert again[0].cached_tokens == shared and again[1].cached_tokens == 0
+    for c in choices:
+        assert again[0].choice_logprobs[c] == pytest.approx(reference_logprob(engine, later, c), abs=2e-3), c
 
 
 def reference_greedy(engine, prompt_ids: list[int], max_new: int) -> str:
@@ -117,6 +124,10 @@ def test_a_stop_string_ends_its_row_and_a_seed_repeats_a_sampled_batch(engine):
     cut = engine.run([GenUnit(prompts[3], 30, temperature=0.0, stop=(stop,)), GenUnit(prompts[4], 30, temperature=0.0)])
     assert cut[0].text == free[: free.find(stop)] and cut[0].finish_reason == "stop"
     assert cut[1].text == reference_greedy(engine, prompts[4], 30)
+    # ignore_eos (vLLM's): exactly max_tokens, the logprobs still the model's own
+    exact = engine.run([GenUnit(prompts[2], 40, temperature=0.0, ignore_eos=True, top_logprobs=1)])[0]
+    assert exact.completion_tokens == 40 and exact.finish_reason == "length"
+    assert len(exact.logprobs) == 40 and all(t["logprob"] <= 0.0 for t in exact.logprobs)
     batch = [GenUnit(p, 12, temperature=0.9, top_p=0.9, seed=7) for p in prompts]
     assert [r.text for r in engine.run(batch)] == [r.text for r in engine.run(batch)]
 
