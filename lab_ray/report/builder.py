@@ -136,13 +136,22 @@ def section_teacher(doc: Doc, inp: RunInputs, out: Path, dpi: int) -> None:
     total = (inp.stats or {}).get("total") or {}
     pt = total.get("prompt_tokens", sum(s.get("prompt_tokens", 0) for s in stats.values()))
     ct = total.get("completion_tokens", sum(s.get("completion_tokens", 0) for s in stats.values()))
-    rows = [[leaf, s.get("prompt_tokens", 0), s.get("completion_tokens", 0),
-             f"{(s.get('prompt_tokens', 0) + s.get('completion_tokens', 0)) / max(1, s.get('kept', 0)):.0f}"]
-            for leaf, s in sorted(stats.items())]
-    rows.append(["total", pt, ct, f"{(pt + ct) / max(1, total.get('kept', 0) or 1):.0f}"])
-    doc.table(["leaf", "prompt tokens", "completion tokens", "teacher tokens per accepted sample"], rows)
     cached = total.get("cached_prompt_tokens") or 0
-    if cached:  # vLLM's prefix cache: those prompt tokens were not computed again
+
+    def per_accepted(s: dict, kept: int) -> list[str]:
+        billed = s.get("prompt_tokens", 0) + s.get("completion_tokens", 0)
+        out = [f"{billed / max(1, kept):.0f}"]
+        if cached:  # the prompt tokens the teacher reused were not computed again
+            out.append(f"{(billed - (s.get('cached_prompt_tokens') or 0)) / max(1, kept):.0f}")
+        return out
+
+    rows = [[leaf, s.get("prompt_tokens", 0), s.get("completion_tokens", 0), *per_accepted(s, s.get("kept", 0))]
+            for leaf, s in sorted(stats.items())]
+    rows.append(["total", pt, ct, *per_accepted({**total, "prompt_tokens": pt, "completion_tokens": ct},
+                                                total.get("kept", 0) or 1)])
+    doc.table(["leaf", "prompt tokens", "completion tokens", "teacher tokens per accepted sample",
+               *(["computed per accepted sample"] if cached else [])], rows)
+    if cached:  # vLLM's prefix cache, the CPU teacher's shared prefixes: prompt tokens not computed again
         doc.p(f"{cached} of the {pt} prompt tokens ({cached / max(1, pt):.0%}) came from the teacher's prefix "
               f"cache: {(pt - cached + ct) / max(1, total.get('kept', 0) or 1):.0f} computed tokens per accepted sample.")
     secs = _generation_seconds(inp.stats)

@@ -188,3 +188,19 @@ def test_empty_run_and_bad_target(tmp_path, cfg, cli):
     _valid_png(run / "report" / "eval_scores.png")
     code, _out, err = cli("report", str(tmp_path / "no-such-run"), f"run.root={tmp_path}")
     assert code == 1 and "no run directory" in err and "Traceback" not in err
+
+
+def test_a_teacher_that_reused_prompt_tokens_gets_a_computed_per_accepted_column_per_leaf(tmp_path, cfg):
+    run = tmp_path / "cached"
+    _write_generation(run, seconds=100.0)
+    stats = json.loads((run / "data" / "stats.json").read_text())
+    for s in stats["leaves"].values():
+        s["cached_prompt_tokens"] = s["prompt_tokens"] // 2
+    stats["total"]["cached_prompt_tokens"] = sum(s["cached_prompt_tokens"] for s in stats["leaves"].values())
+    (run / "data" / "stats.json").write_text(json.dumps(stats))
+    md = write_report(run, cfg).read_text()
+    assert "computed per accepted sample" in md
+    leaf, s = next(iter(stats["leaves"].items()))
+    billed = s["prompt_tokens"] + s["completion_tokens"]
+    row = next(line for line in md.splitlines() if line.startswith(f"| {leaf} |") and str(s["prompt_tokens"]) in line)
+    assert row.rstrip(" |").endswith(f"{billed / s['kept']:.0f} | {(billed - s['cached_prompt_tokens']) / s['kept']:.0f}")
