@@ -106,7 +106,10 @@ def _common_length(a: list[int], b: list[int]) -> int:
 
 def prefix_clusters(prompts: list[list[int]], min_shared: int = MIN_SHARED_PREFIX) -> list[PrefixCluster]:
     """Prompts grouped by a shared leading run of at least `min_shared` tokens. Sorted, prompts
-    with a common prefix are neighbours, so one pass finds the groups. A prefix always leaves its
+    with a common prefix are neighbours, so one pass finds the groups. A prompt joins the group
+    before it only when that saves more than it costs: it reuses `shared` tokens, and each member
+    recomputes what the group's prefix loses (judge rows of two document chunks share the system
+    text, but each chunk's rows share far more among themselves). A prefix always leaves its
     members at least one token (the last position's logits start generation and scoring); a
     prompt that shares nothing is a cluster with an empty prefix."""
     clusters: list[PrefixCluster] = []
@@ -115,7 +118,7 @@ def prefix_clusters(prompts: list[list[int]], min_shared: int = MIN_SHARED_PREFI
         if clusters and clusters[-1].members:
             c = clusters[-1]
             shared = min(_common_length(c.prefix, p), len(p) - 1)
-            if shared >= min_shared:
+            if shared >= min_shared and len(c.members) * (len(c.prefix) - shared) < shared:
                 c.prefix = c.prefix[:shared]
                 c.members.append(i)
                 continue

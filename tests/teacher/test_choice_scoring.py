@@ -66,6 +66,11 @@ def test_prefix_clusters_group_prompts_by_a_shared_prefix_and_leave_each_a_token
     # identical prompts (a request's n completions) share all but the last token
     twins = prefix_clusters([shared, shared], min_shared=16)
     assert len(twins) == 1 and twins[0].prefix == shared[:-1]
+    # judge rows of two chunks: all share the system text (20 tokens), each chunk's rows 220
+    system, chunk_a, chunk_b = list(range(1, 21)), [500] * 200, [600] * 200
+    rows = [system + chunk + [q, 9] for chunk in (chunk_a, chunk_b) for q in (1, 2, 3)]
+    by_chunk = prefix_clusters(rows, min_shared=16)
+    assert sorted((len(c.prefix), sorted(c.members)) for c in by_chunk) == [(220, [0, 1, 2]), (220, [3, 4, 5])]
 
 
 def test_choices_scored_on_a_shared_prefix_match_the_reference_and_report_the_reused_tokens(engine):
