@@ -185,8 +185,7 @@ class Engine:
     def _prefilled(self, units: list[GenUnit]):
         """The batch's inputs with every shared prefix computed once: (ids, mask, cache kwargs, cached
         tokens per unit). Row i is [left pad][its cluster's prefix][pad][the rest of its prompt]; the
-        mask hides the pads and generate derives positions from it, so each row sees exactly its
-        prompt. The prefixes run in one padded pass, then their cache rows are copied per unit."""
+        mask hides the pads and positions are counted from it, so each row sees exactly its prompt. The prefixes run in one padded pass, then their cache rows are copied per unit."""
         pad = self.tokenizer.pad_token_id
         clusters = prefix_clusters([u.prompt_ids for u in units])
         cached = [0] * len(units)
