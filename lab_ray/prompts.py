@@ -4,7 +4,10 @@ Shared by generation (sdg) and evaluation (eval).
 
 A prompt has a `system` text, a `turn_user` / `turn_assistant` pair rendered
 once per in-context example (the example is `example`) and a final
-`turn_user` for the row itself. Small teachers imitate chat turns much better
+`turn_user` for the row itself. A judge's prompt may also have
+`turn_user_batch`: the question for several rows at once (`items`, the rows;
+the other variables are the values the rows share), for
+sdg.judge.rows_per_request. Small teachers imitate chat turns much better
 than examples pasted into one message. Templates are jinja2 with
 StrictUndefined: a missing variable is an error, never an empty string.
 """
@@ -38,6 +41,7 @@ class Prompt:
     positive: str | None = None
     scores: dict = field(default_factory=dict)
     output_tags: tuple[str, ...] = ()
+    turn_user_batch: str = ""  # several rows in one question (judges; `items` = the rows)
     path: str = field(default="", compare=False)  # the file it was loaded from (for errors)
 
     def variables(self) -> set[str]:
@@ -56,6 +60,16 @@ class Prompt:
             messages.append({"role": "user", "content": _render(self.turn_user, row).strip()})
         except jinja2.UndefinedError as e:
             raise ConfigError(f"prompt {self.name}: {e} (a variable the template uses is missing)")
+        return [m for m in messages if m["content"] or m["role"] != "system"]
+
+    def render_batch(self, shared: dict[str, Any], items: list[dict]) -> list[dict[str, str]]:
+        """The system text and `turn_user_batch` for several rows: `items` are the rows, `shared`
+        the values they have in common (the system text and the batch question read those)."""
+        try:
+            messages = [{"role": "system", "content": _render(self.system, shared).strip()},
+                        {"role": "user", "content": _render(self.turn_user_batch, {**shared, "items": items}).strip()}]
+        except jinja2.UndefinedError as e:
+            raise ConfigError(f"prompt {self.name}: {e} (a variable the batch template uses is missing)")
         return [m for m in messages if m["content"] or m["role"] != "system"]
 
 
@@ -97,7 +111,7 @@ def load_prompt(name: str, directory: str | None = None) -> Prompt:
     if unknown:
         raise ConfigError(f"prompt file {path}: unknown key(s) {', '.join(sorted(unknown))}")
     try:
-        for key in ("system", "turn_user", "turn_assistant"):
+        for key in ("system", "turn_user", "turn_assistant", "turn_user_batch"):
             _compile(str(data.get(key, "")))
     except jinja2.TemplateSyntaxError as e:
         raise ConfigError(f"prompt file {path}:{e.lineno}: template error: {e.message}")
@@ -105,7 +119,7 @@ def load_prompt(name: str, directory: str | None = None) -> Prompt:
                   turn_assistant=str(data.get("turn_assistant", "")), stop=tuple(data.get("stop") or ()),
                   choices=tuple(str(c) for c in data.get("choices") or ()), positive=data.get("positive"),
                   scores=dict(data.get("scores") or {}), output_tags=tuple(data.get("output_tags") or ()),
-                  path=str(path))
+                  turn_user_batch=str(data.get("turn_user_batch") or ""), path=str(path))
 
 
 class MemoRenderer:

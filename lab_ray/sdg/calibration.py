@@ -8,6 +8,10 @@ of another leaf, an off-topic question against the leaf's chunk. The mean
 raw score of each set gives the judge's "bad" and "good" levels for that
 leaf; stages read their verdicts on that scale (stages.JudgeStage).
 
+With sdg.judge.rows_per_request = k > 1, each judge's references are also judged k per
+request, and a leaf is judged that way only where they still separate (see
+_choose_rows_per_request).
+
 The result is computed once per run in the driver (a few dozen constrained
 choices per leaf), saved to sdg/calibration.json and reused on resume, so
 verdicts never change between an interrupted and an uninterrupted run.
@@ -15,9 +19,12 @@ verdicts never change between an interrupted and an uninterrupted run.
 
 from __future__ import annotations
 
+import random
+
 import yaml
 
 from lab_ray.prompts import prompts_dir
+from lab_ray.sdg.judge_batch import CALIBRATION_KEY, chosen_rows
 from lab_ray.sdg.stages import JUDGES, ROW_SCHEMA
 from lab_ray.storage import atomic_write_json, read_json
 from lab_ray.teacher.client import make_teacher
@@ -75,24 +82,51 @@ def calibrate(specs: list[dict], teacher_spec: dict, sdg: dict) -> dict:
                     index.append((spec["leaf"], label))
         if not calls:
             continue
-        if judge.rationale:  # references are judged exactly as rows will be: reasons, then verdict
+        # references are judged exactly as rows will be: with reasons first, k rows per request
+        if judge.rationale:
             asked = set(map(id, judge.with_reasons(calls, teacher, charge=False)))
             index = [key for key, row in zip(index, calls) if id(row) in asked]
             calls = [row for row in calls if id(row) in asked]
-        replies = teacher.run_many([judge.request(row) for row in calls])
-        sums: dict[tuple[str, str], list[float]] = {}
-        for key, reply in zip(index, replies):
-            if reply.ok:
-                sums.setdefault(key, []).append(judge.raw_score(reply))
         levels = out.setdefault(judge.stage, {})
-        for leaf in {leaf for leaf, _ in index}:
-            good, bad = sums.get((leaf, "good")), sums.get((leaf, "bad"))
-            if good and bad:
-                levels[leaf] = [sum(bad) / len(bad), sum(good) / len(good)]
+        levels.update(_levels(judge, calls, index, teacher, 1))
+        if judge.rows_per_request > 1:
+            _choose_rows_per_request(judge, calls, index, teacher, levels, out, sdg)
     close = getattr(teacher, "close", None)
     if close:
         close()
     return out
+
+
+def _levels(judge, calls: list[dict], index: list[tuple[str, str]], teacher, k: int) -> dict[str, list[float]]:
+    """{leaf: [mean raw score of its bad references, of its good ones]}, judged k per request."""
+    sums: dict[tuple[str, str], list[float]] = {}
+    for key, (_, raw) in zip(index, judge.verdicts(calls, teacher, k)):
+        if raw is not None:
+            sums.setdefault(key, []).append(raw)
+    levels = {}
+    for leaf in {leaf for leaf, _ in index}:
+        good, bad = sums.get((leaf, "good")), sums.get((leaf, "bad"))
+        if good and bad:
+            levels[leaf] = [sum(bad) / len(bad), sum(good) / len(good)]
+    return levels
+
+
+def _choose_rows_per_request(judge, calls, index, teacher, levels: dict, out: dict, sdg: dict) -> None:
+    """sdg.judge.rows_per_request per leaf: the references judged k per request, in a shuffled
+    order (a row's line in its group says nothing about its label); a leaf keeps k, and the
+    levels measured that way, only where they still separate good from bad
+    (judge_batch.chosen_rows); the choice goes to calibration.json, so a resumed run keeps it."""
+    order = list(range(len(calls)))
+    random.Random(0).shuffle(order)
+    k = judge.rows_per_request
+    joint = _levels(judge, [calls[i] for i in order], [index[i] for i in order], teacher, k)
+    min_sep = float(sdg["judge"].get("min_separation", 0.05)) * judge.score_range()
+    chosen = {}
+    for leaf in sorted({leaf for leaf, _ in index}):
+        chosen[leaf] = chosen_rows(levels.get(leaf), joint.get(leaf), k, min_sep)
+        if chosen[leaf] > 1:
+            levels[leaf] = joint[leaf]
+    out.setdefault(CALIBRATION_KEY, {})[judge.stage] = chosen
 
 
 def load_or_calibrate(path, specs: list[dict], teacher_spec: dict, sdg: dict) -> dict:

@@ -34,6 +34,12 @@ class JudgeConfig:
     # For teachers strong enough to reason; texts in conf/prompts/judge_rationale.yaml.
     rationale: List[str] = field(default_factory=list)
     rationale_max_tokens: int = 96
+    # Rows judged in one request: the judge's fixed text (instructions, task description, for
+    # knowledge the chunk) is paid once per this many rows sharing it, and the reply is one
+    # verdict line per row, scored jointly (sdg/judge_batch.py). 1 = one row per request. At
+    # most 8, and fewer for a judge whose joint verdicts would pass 256 (the 3-grade pair
+    # judge: 5). Judges with a rationale, or whose prompt has no turn_user_batch, ask one row.
+    rows_per_request: int = 1
 
 
 @dataclass

@@ -23,7 +23,8 @@ from typing import ClassVar
 import pandas as pd
 
 from lab_ray.errors import ConfigError
-from lab_ray.prompts import MemoRenderer, load_prompt
+from lab_ray.prompts import MemoRenderer, load_prompt, template_variables
+from lab_ray.sdg import judge_batch
 from lab_ray.sdg.dedup import normalized
 from lab_ray.sdg.columns import (ANSWER, CONTEXT, DOCUMENT_VIEW, QUESTION, VIEW, Column, add_missing, score_col,
                                  row_schema, stage_token_columns, text_col, token_columns, typed)
@@ -147,12 +148,6 @@ class TeacherStage:
     def choose(self, row: dict) -> tuple[str, dict]:
         return "choose", {"messages": self.messages(row, examples=0), "choices": list(self.prompt.choices)}
 
-    def yes_probability(self, reply) -> float:
-        probs = reply.choice_probs()
-        if probs is None:  # an endpoint without choice scores: its verbatim answer counts fully
-            return 1.0 if reply.text == self.prompt.positive else 0.0
-        return float(probs.get(self.prompt.positive, 0.0))
-
 
 class JudgeStage(TeacherStage):
     """A judge: one constrained choice per row, a raw score, a calibrated verdict.
@@ -165,6 +160,11 @@ class JudgeStage(TeacherStage):
     (raw - bad) / (good - bad), so 0.5 means halfway between the two. When the
     references do not separate, the raw score and raw threshold are used.
 
+    With sdg.judge.rows_per_request = k > 1, rows that share the prompt's fixed part are asked
+    about k at a time, one joint verdict per request (judge_batch.py), on the leaves where
+    calibration found the judge tells its references apart that way (calibration.py); a judge
+    whose prompt has no `turn_user_batch`, or that writes a rationale, asks one row per request.
+
     Input columns: `inputs` + leaf (the calibration is per leaf).
     Output columns: the judge's one score column (`outputs[0]`).
     """
@@ -175,6 +175,18 @@ class JudgeStage(TeacherStage):
         super().__init__(teacher_spec, sdg, calibration)
         self.rationale = self.stage in check_rationale(sdg)
         self.rationale_texts = load_rationale_texts(sdg.get("prompts_dir")) if self.rationale else {}
+        wanted = judge_batch.check_rows_per_request(sdg)
+        batchable = bool(self.prompt.turn_user_batch) and not self.rationale
+        self.rows_per_request = judge_batch.rows_for(len(self.prompt.choices), wanted) if batchable else 1
+        # the values rows must share to be asked about together: what the system text and the
+        # batch question read besides the rows themselves (and the leaf: calibration is per leaf)
+        self.shared_keys = tuple(sorted({"leaf"} | ((template_variables(self.prompt.system)
+                                                     | template_variables(self.prompt.turn_user_batch)) - {"items"})))
+        # leaf -> the rows per request calibration chose for it (absent: rows_per_request)
+        self.leaf_rows = (calibration or {}).get(judge_batch.CALIBRATION_KEY, {}).get(self.stage, {})
+
+    def rows_for_leaf(self, leaf: str) -> int:
+        return min(self.rows_per_request, int(self.leaf_rows.get(leaf, self.rows_per_request)))
 
     @classmethod
     def score_column(cls) -> str:
@@ -217,20 +229,69 @@ class JudgeStage(TeacherStage):
         return out
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        if not self.rationale:
+        if not self.rationale and self.rows_per_request == 1:
             return super().__call__(batch)
         batch, rows = self.rows_of(batch)
         live = [r for r in rows if r["status"] == "ok" and self.applies(r)]
         self._check_next = True
-        reasoned = self.with_reasons(live, self.teacher)
-        replies = self.teacher.run_many([self.request(r) for r in reasoned]) if reasoned else []
-        for row, reply in zip(reasoned, replies):
+        if self.rationale:
+            live = self.with_reasons(live, self.teacher)
+        for row, (reply, raw) in zip(live, self.verdicts(live, self.teacher)):
             if self.charge(row, reply):
-                self.settle(row, reply)
+                self.judge(row, raw)
         return self.frame(batch, rows)
 
+    def verdicts(self, rows: list[dict], teacher, k: int | None = None) -> list[tuple[object, float | None]]:
+        """(the reply charged to the row, its raw score or None) per row, in order: one request
+        per row, or per group of up to k rows (default: the row's leaf's rows_for_leaf; each row
+        of a group is charged an even share of its request)."""
+        one = [r for r in rows if (k or self.rows_for_leaf(r["leaf"])) == 1]
+        groups = self.groups([r for r in rows if (k or self.rows_for_leaf(r["leaf"])) > 1], k)
+        replies = teacher.run_many([self.request(r) for r in one] + [self.batch_request(g) for g in groups]) \
+            if rows else []
+        out: dict[int, tuple] = {id(r): (reply, self.raw_score(reply) if reply.ok else None)
+                                 for r, reply in zip(one, replies)}
+        replies = replies[len(one):]
+        choices = list(self.prompt.choices)
+        for group, reply in zip(groups, replies):
+            probs = judge_batch.row_probs(reply, choices, len(group)) if reply.ok else None
+            shares = {field: _split(getattr(reply, field), len(group))
+                      for field in ("prompt_tokens", "completion_tokens", "cached_tokens")}
+            for i, row in enumerate(group):
+                share = dataclasses.replace(reply, **{field: v[i] for field, v in shares.items()})
+                if reply.ok and probs is None:
+                    share = dataclasses.replace(share, ok=False, error="unparsable",
+                                                detail=f"not one line per row: {reply.text[:200]}")
+                out[id(row)] = (share, self.score_of(probs[i]) if probs else None)
+        return [out[id(r)] for r in rows]
+
+    def groups(self, rows: list[dict], k: int | None = None) -> list[list[dict]]:
+        """Rows in groups of at most k (default: their leaf's rows_for_leaf) that share
+        `shared_keys`, in order."""
+        open_: dict[tuple, list[dict]] = {}
+        done = []
+        for row in rows:
+            key = tuple(row[c] for c in self.shared_keys)
+            group = open_.setdefault(key, [])
+            group.append(row)
+            if len(group) == (k or self.rows_for_leaf(row["leaf"])):
+                done.append(open_.pop(key))
+        return done + list(open_.values())
+
+    def batch_request(self, group: list[dict]) -> tuple[str, dict]:
+        """One constrained choice for the group: every row's verdict, one line each."""
+        shared = {c: group[0][c] for c in self.shared_keys}
+        return "choose", {"messages": self.prompt.render_batch(shared, group),
+                          "choices": judge_batch.joint_choices(list(self.prompt.choices), len(group)),
+                          "max_tokens": judge_batch.max_reply_tokens(len(group))}
+
+    def score_of(self, probs: dict[str, float]) -> float:
+        """The raw score from the probabilities of the judge's choices: P(positive)."""
+        return float(probs.get(self.prompt.positive, 0.0))
+
     def raw_score(self, reply) -> float:
-        return self.yes_probability(reply)
+        # an endpoint without choice scores: its verbatim answer counts fully
+        return self.score_of(reply.choice_probs() or {reply.text: 1.0})
 
     def score_range(self) -> float:
         """The span of the raw score: a graded judge's highest minus lowest grade (its prompt's
@@ -246,7 +307,10 @@ class JudgeStage(TeacherStage):
         return (raw - ref[0]) / (ref[1] - ref[0])
 
     def apply(self, row, reply):
-        raw = self.raw_score(reply)
+        self.judge(row, self.raw_score(reply))
+
+    def judge(self, row: dict, raw: float) -> None:
+        """The verdict on a raw score: calibrated per leaf, then the threshold."""
         cal = self.calibrated(row["leaf"], raw)
         score = raw if cal is None else cal
         row[self.score_column()] = score
@@ -473,8 +537,8 @@ class JudgePair(JudgeStage):
     outputs = (score_col("pair_score", "judge_pair: grade 1-3 (poor, fair, good), calibrated per leaf"),)
     threshold_key = "pair_min_score"
 
-    def raw_score(self, reply) -> float:
-        probs = reply.choice_probs() or {reply.text: 1.0}
+    def score_of(self, probs: dict[str, float]) -> float:
+        """The expected grade."""
         return float(sum(p * self.prompt.scores.get(c, 0) for c, p in probs.items()))
 
     def calibrated(self, leaf, raw):

@@ -40,19 +40,25 @@ def choice_logprobs_from_top(logprobs: Any, choices: list[str]) -> dict[str, flo
     For servers that constrain the choice but do not score every choice (vLLM):
     each choice takes the best-scoring top token that starts it. Exact when the
     choices differ in their first token (yes/no, 1..3); None when any choice is
-    missing from the top list (the verdict then has no probability, as before).
+    missing from the top list (the verdict then has no probability, as before), or
+    when two choices would take the same token (joint verdicts "1: yes", "1: no" all
+    start with "1": that token says nothing about which).
     """
     try:
         top = logprobs["content"][0]["top_logprobs"]
     except (TypeError, KeyError, IndexError):
         return None
     out: dict[str, float] = {}
+    taken: set[str] = set()
     for choice in choices:
-        hits = [t["logprob"] for t in top
+        hits = [(t["logprob"], t["token"].strip()) for t in top
                 if isinstance(t, dict) and t.get("token", "").strip() and choice.startswith(t["token"].strip())]
         if not hits:
             return None
-        out[choice] = max(hits)
+        out[choice], token = max(hits)
+        if token in taken:
+            return None
+        taken.add(token)
     return out
 
 

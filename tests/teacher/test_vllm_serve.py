@@ -124,6 +124,49 @@ def test_our_client_judges_with_structured_outputs_and_gets_a_probability(served
         assert probs[reply.text] >= 0.5  # greedy under the constraint picks the likelier one
 
 
+def test_a_judge_asked_about_several_rows_gets_each_rows_probability_from_its_verdict_token(served):
+    """sdg.judge.rows_per_request on vLLM: one structured choice over the joint verdicts
+    ("1: yes\n2: no\n3: yes"). vLLM scores only what it generates, and every joint verdict starts
+    with "1", so a first-token probability would say nothing (the client gives none); each row's
+    probability is read from the top logprobs at its own verdict token instead."""
+    import pandas as pd
+
+    from lab_ray.sdg import judge_batch
+    from lab_ray.sdg.stages import JudgeInstruction, ROW_SCHEMA
+    from lab_ray.teacher.client import TeacherClient
+
+    endpoint, _, _, cfg = served
+    c = cfg.teacher.client
+    client = TeacherClient(endpoint.base_url, endpoint.model, API_KEY, max_retries=0,
+                           choice_field=c.choice_field, choice_top_logprobs=c.choice_top_logprobs)
+    judge = JudgeInstruction(None, {"temperature": 0.0, "seed": 0, "judge": {
+        "instruction_min": 0.5, "min_separation": 0.05, "rationale": [], "rows_per_request": 3}})
+    questions = ["Give a synonym for happy.", "Send an email to my boss now.", "Give two synonyms for fast."]
+    rows = [{**{col.name: col.default for col in ROW_SCHEMA.values()}, "leaf": "compositional_skills/synonyms",
+             "task_description": "synonyms of a word", "question": q} for q in questions]
+    try:
+        kind, body = judge.batch_request(rows)
+        reply = client.run_many([(kind, body)])[0]
+        verdicts = judge.verdicts(rows, client)
+    finally:
+        client.close()
+    assert reply.ok and reply.text in body["choices"] and len(body["choices"]) == 8, reply.error
+    assert reply.choice_logprobs is None  # no first-token scores for joint verdicts
+    per_row = judge_batch.from_token_logprobs(reply.logprobs[0], ["yes", "no"], 3)
+    assert per_row is not None and all(abs(sum(p.values()) - 1) < 1e-6 for p in per_row)
+    # each row's greedy verdict is its likelier choice, and its score a probability, not a verbatim 0/1
+    for line, probs in zip(reply.text.split("\n"), per_row):
+        assert probs[line.split(": ")[1]] >= 0.5
+    assert all(raw is not None and 0.0 < raw < 1.0 for _, raw in verdicts), verdicts
+    assert [r.prompt_tokens for r, _ in verdicts] == judge_batch_shares(reply.prompt_tokens, 3)
+    still_serving(served)
+
+
+def judge_batch_shares(total: int, n: int) -> list[int]:
+    q, r = divmod(total, n)
+    return [q + (j < r) for j in range(n)]
+
+
 def test_eval_judge_rates_with_the_models_own_probabilities(served):
     """Issue 12: the eval judge through our client and eval's judge() on vLLM. Under [[1]]..[[10]]
     every rating started with "[[", so first-token scoring gave all ten one probability (uniform,
