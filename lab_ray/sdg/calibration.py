@@ -25,6 +25,9 @@ import yaml
 
 from lab_ray.prompts import prompts_dir
 from lab_ray.sdg.judge_batch import CALIBRATION_KEY, chosen_rows
+
+# Orders the references are judged in, k per request, before a leaf may be judged so.
+JOINT_SHUFFLES = 3
 from lab_ray.sdg.stages import JUDGES, ROW_SCHEMA
 from lab_ray.storage import atomic_write_json, read_json
 from lab_ray.teacher.client import make_teacher
@@ -112,20 +115,25 @@ def _levels(judge, calls: list[dict], index: list[tuple[str, str]], teacher, k: 
 
 
 def _choose_rows_per_request(judge, calls, index, teacher, levels: dict, out: dict, sdg: dict) -> None:
-    """sdg.judge.rows_per_request per leaf: the references judged k per request, in a shuffled
-    order (a row's line in its group says nothing about its label); a leaf keeps k, and the
-    levels measured that way, only where they still separate good from bad
-    (judge_batch.chosen_rows); the choice goes to calibration.json, so a resumed run keeps it."""
-    order = list(range(len(calls)))
-    random.Random(0).shuffle(order)
+    """sdg.judge.rows_per_request per leaf: the references judged k per request, in
+    JOINT_SHUFFLES shuffled orders (a row's line in its group says nothing about its label); a
+    leaf keeps k, and the mean levels measured so, only where every order still separates good
+    from bad (judge_batch.chosen_rows). One lucky order is not enough: SmolLM2-135M's joint
+    verdicts separated in one order of five and inverted in two (bench/RESULTS.md). The choice
+    goes to calibration.json, so a resumed run keeps it."""
     k = judge.rows_per_request
-    joint = _levels(judge, [calls[i] for i in order], [index[i] for i in order], teacher, k)
+    runs = []
+    for seed in range(JOINT_SHUFFLES):
+        order = list(range(len(calls)))
+        random.Random(seed).shuffle(order)
+        runs.append(_levels(judge, [calls[i] for i in order], [index[i] for i in order], teacher, k))
     min_sep = float(sdg["judge"].get("min_separation", 0.05)) * judge.score_range()
     chosen = {}
     for leaf in sorted({leaf for leaf, _ in index}):
-        chosen[leaf] = chosen_rows(levels.get(leaf), joint.get(leaf), k, min_sep)
+        joint = [run.get(leaf) for run in runs]
+        chosen[leaf] = min(chosen_rows(levels.get(leaf), j, k, min_sep) for j in joint)
         if chosen[leaf] > 1:
-            levels[leaf] = joint[leaf]
+            levels[leaf] = [sum(j[0] for j in joint) / len(joint), sum(j[1] for j in joint) / len(joint)]
     out.setdefault(CALIBRATION_KEY, {})[judge.stage] = chosen
 
 

@@ -284,7 +284,11 @@ class Engine:
         if (last in eos and not u.ignore_eos) or len(tokens) >= u.max_tokens:
             return True
         if u.stop:
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            # Only the tail: a stop string first appears ending at the newest token, so it lies
+            # in the last few tokens (each is at least a byte); decoding all of them every step
+            # would be quadratic in the completion (1,024 tokens in the lab profile).
+            tail = tokens[-(4 * max(len(s) for s in u.stop) + 4):]
+            text = self.tokenizer.decode(tail, skip_special_tokens=True)
             return any(s and s in text for s in u.stop)
         return False
 

@@ -178,8 +178,9 @@ def test_calibration_keeps_several_rows_per_request_only_where_the_references_st
     leaf = "compositional_skills/x"
     assert out["rows_per_request"]["judge_instruction"] == {leaf: kept}
     sizes = [len(b["choices"]) for _, b in teacher.requests]
-    # the instruction judge: 3 good and 4 bad references one by one, then in groups of 3, 3 and 1
-    assert sizes[:10] == [2] * 7 + [8, 8, 2]
+    # the instruction judge: 3 good and 4 bad references one by one, then in groups of 3, 3 and 1,
+    # in each of three shuffled orders
+    assert sizes[:16] == [2] * 7 + [8, 8, 2] * 3
     single_levels = [pytest.approx(0.1), pytest.approx(0.9)]
     assert out["judge_instruction"][leaf] == single_levels  # perfect either way, or the one-by-one levels kept
     # the stage follows the choice: a leaf calibrated to 1 is asked one row per request, in the single form

@@ -146,3 +146,23 @@ def test_usage_bills_a_prompt_once_and_counts_as_cached_only_what_no_completion_
     two_prompts = _envelope("text_completion", "x", "m", [], 100, r, n=1)["usage"]
     assert one_prompt_n2["prompt_tokens_details"]["cached_tokens"] == 0
     assert two_prompts["prompt_tokens_details"]["cached_tokens"] == 37
+
+
+def test_joint_verdicts_of_several_rows_are_scored_exactly(engine):
+    """sdg.judge.rows_per_request on the CPU teacher: every joint verdict ("1: yes\\n2: no\\n3: yes",
+    ~12 tokens, all sharing their first tokens) gets its exact log P, so each row's probability
+    is its exact marginal."""
+    from lab_ray.sdg import judge_batch
+    from lab_ray.sdg.stages import JudgeInstruction, ROW_SCHEMA
+
+    judge = JudgeInstruction(None, {"temperature": 0.0, "seed": 0, "judge": {"rationale": [], "rows_per_request": 3}})
+    rows = [{**{c.name: c.default for c in ROW_SCHEMA.values()}, "leaf": "x", "task_description": "synonyms",
+             "question": q} for q in ("Give a synonym for happy.", "Send an email to my boss.", "Synonyms of fast?")]
+    _, body = judge.batch_request(rows)
+    prompt = engine.chat_prompt(body["messages"])
+    scores = engine.choice_logprobs(prompt, body["choices"])
+    assert len(scores) == 8 and all(len(engine.tokenizer.encode(c, add_special_tokens=False)) > 6 for c in scores)
+    for c in body["choices"]:
+        assert scores[c] == pytest.approx(reference_logprob(engine, prompt, c), abs=2e-3), c
+    per_row = judge_batch.marginals(scores, ["yes", "no"], 3)
+    assert all(sum(p.values()) == pytest.approx(1.0) for p in per_row)
