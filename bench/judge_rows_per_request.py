@@ -24,7 +24,10 @@ from lab_ray.sdg.stages import JUDGES
 from lab_ray.teacher.client import TeacherReply
 from lab_ray.teacher.engine import Engine
 
-TAXONOMY = Path(__file__).resolve().parents[2] / "shared/fixtures/instructlab-taxonomy"
+FIXTURES = Path(__file__).resolve().parents[2] / "shared/fixtures"
+TAXONOMY = FIXTURES / "instructlab-taxonomy"
+# the fixture knowledge leaves' documents, offline
+REPO_MAP = {"https://github.com/juliadenham/Summit_knowledge": str(FIXTURES / "knowledge-docs")}
 
 
 class InProcessTeacher:
@@ -61,6 +64,7 @@ def main() -> None:
     k = int(sys.argv[2]) if len(sys.argv) > 2 else 4
     orders = int(sys.argv[3]) if len(sys.argv) > 3 else 5
     cfg = load_config([f"taxonomy.path={TAXONOMY}", f"sdg.leaves=[{leaf}]", "sdg.judge.max_references=6"])
+    cfg.taxonomy.documents.repo_map.update(REPO_MAP)
     spec = build_plan(cfg)[0].to_dict()
     teacher = InProcessTeacher()
     sdg = {"temperature": 0.0, "seed": 0, "judge": {"rationale": [], "rows_per_request": k}}
