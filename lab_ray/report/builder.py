@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from lab_ray.report import plots
 from lab_ray.report.doc import Doc
 from lab_ray.report.inputs import RunInputs, read_run
@@ -167,6 +169,30 @@ def section_teacher(doc: Doc, inp: RunInputs, out: Path, dpi: int) -> None:
         if t:
             doc.p(f"Evaluation MCQ generation used {t} further teacher tokens.")
     doc.img(plots.teacher_tokens(stats, out / "teacher_tokens.png", dpi).name, "teacher tokens per leaf")
+
+
+def section_judges(doc: Doc, inp: RunInputs, cfg) -> None:
+    """What each judge's verdicts rest on, per leaf: its reference levels (sdg/calibration.json),
+    whether they separate, how many rows it judged per request."""
+    from lab_ray.sdg.judge_batch import CALIBRATION_KEY
+    from lab_ray.sdg.stages import JUDGES
+
+    if not inp.calibration or cfg.get("sdg") is None:
+        return
+    doc.h("Judges")
+    sdg = OmegaConf.to_container(cfg.sdg, resolve=True)
+    rows = []
+    for judge_cls in JUDGES:
+        judge = judge_cls(None, sdg, inp.calibration)
+        per_leaf = inp.calibration.get(judge.stage) or {}
+        k = (inp.calibration.get(CALIBRATION_KEY) or {}).get(judge.stage) or {}
+        for leaf, ref in sorted(per_leaf.items()):
+            mode = ("calibrated" if judge.separates(ref) else
+                    "skipped (sdg.judge.unseparated=skip)" if leaf in judge.skipped else "raw score, raw threshold")
+            rows.append([judge.stage, leaf, f"{ref[0]:.3f}", f"{ref[1]:.3f}", mode, k.get(leaf, 1)])
+    doc.p("Each judge scored the leaf's own seeds (good) and rows built to be bad before generation. Where the "
+          "two levels are too close to tell apart, its verdicts carry no calibrated meaning for that leaf.")
+    doc.table(["judge", "leaf", "bad references", "good references", "verdicts", "rows per request"], rows)
 
 
 def _curves(inp: RunInputs) -> tuple[dict[str, dict], list[list]]:
@@ -360,6 +386,7 @@ def _build_report(run_dir: StoragePath, cfg, out: Path) -> None:
     section_samples(doc, inp, out, int(rc.dpi))
     section_funnel(doc, inp, out, int(rc.dpi))
     section_teacher(doc, inp, out, int(rc.dpi))
+    section_judges(doc, inp, cfg)
     section_training(doc, inp, out, int(rc.dpi))
     section_eval(doc, inp, out, int(rc.dpi))
     section_examples(doc, inp, int(rc.max_example_chars))

@@ -27,6 +27,7 @@ class RunInputs:
     journal: dict | None = None
     eval: dict | None = None
     mcq_meta: dict | None = None
+    calibration: dict | None = None  # sdg/calibration.json: the judges' reference levels per leaf
     missing: dict[str, str] = field(default_factory=dict)  # section -> why
 
     @property
@@ -96,6 +97,9 @@ def read_run(run_dir, examples_per_leaf: int = 2) -> RunInputs:
     else:
         r.missing["recipe"] = f"recipe ({recipe}) is missing"
     r.samples = read_samples(data, examples_per_leaf, r.missing)
+    calibration = run_dir / "sdg" / "calibration.json"
+    if calibration.is_file():
+        r.calibration = _json(calibration, "judge calibration", r.missing, "calibration")
     metrics = run_dir / "train" / "metrics.jsonl"
     r.metrics = read_metrics(metrics)
     if not r.metrics:

@@ -40,6 +40,10 @@ class JudgeConfig:
     # most 8, and fewer for a judge whose joint verdicts would pass 256 (the 3-grade pair
     # judge: 5). Judges with a rationale, or whose prompt has no turn_user_batch, ask one row.
     rows_per_request: int = 1
+    # A judge that cannot tell a leaf's references apart (see min_separation): "raw" judges the
+    # leaf's rows on its raw score and raw threshold; "skip" does not judge them at all (no
+    # tokens for a verdict that carries no signal; the score stays empty). Calibration must be on.
+    unseparated: str = "raw"
 
 
 @dataclass

@@ -19,7 +19,8 @@ from lab_ray.prompts import load_prompt
 from lab_ray.sdg.mixing import rules_from_config
 from lab_ray.sdg.personas import load_personas
 from lab_ray.sdg.judge_batch import check_rows_per_request
-from lab_ray.sdg.stages import PROMPT_NAMES, check_fanout, check_rationale, effective_fanout, load_rationale_texts
+from lab_ray.sdg.stages import (PROMPT_NAMES, check_fanout, check_rationale, check_unseparated, effective_fanout,
+                                load_rationale_texts)
 from lab_ray.sdg.tasks import LeafSpec, id_plan, leaf_spec
 from lab_ray.storage import atomic_write_json
 from lab_ray.taxonomy.diff import changed_leaves
@@ -104,6 +105,7 @@ def build_plan(cfg) -> list[LeafSpec]:
     if check_rationale(cfg.sdg):
         load_rationale_texts(cfg.sdg.prompts_dir)
     check_rows_per_request(cfg.sdg)
+    check_unseparated(cfg.sdg)
     rules_from_config(cfg.sdg.mixing)  # a bad mixing rule fails now, not after generation
     tokenizer = teacher_tokenizer(cfg) if any(leaf.is_knowledge for leaf in tax.leaves) else None
     if tokenizer is not None:  # some leaf is a knowledge leaf

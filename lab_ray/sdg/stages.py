@@ -184,6 +184,13 @@ class JudgeStage(TeacherStage):
                                                      | template_variables(self.prompt.turn_user_batch)) - {"items"})))
         # leaf -> the rows per request calibration chose for it (absent: rows_per_request)
         self.leaf_rows = (calibration or {}).get(judge_batch.CALIBRATION_KEY, {}).get(self.stage, {})
+        # sdg.judge.unseparated=skip: leaves whose references the judge could not tell apart are
+        # not judged at all (their verdicts would be noise on a raw threshold)
+        self.skipped = ({leaf for leaf, ref in self.calibration.items() if not self.separates(ref)}
+                        if check_unseparated(sdg) == "skip" else set())
+
+    def applies(self, row: dict) -> bool:
+        return super().applies(row) and row["leaf"] not in self.skipped
 
     def rows_for_leaf(self, leaf: str) -> int:
         return min(self.rows_per_request, int(self.leaf_rows.get(leaf, self.rows_per_request)))
@@ -299,10 +306,14 @@ class JudgeStage(TeacherStage):
         grades = [float(v) for v in self.prompt.scores.values()]
         return max(grades) - min(grades) if grades else 1.0
 
+    def separates(self, ref: list[float] | None) -> bool:
+        """Whether [bad level, good level] tell the references apart: min_separation is a fraction
+        of the score's span (0.05 of P(yes); 0.1 of a 1-3 grade)."""
+        return bool(ref) and ref[1] - ref[0] >= self.sdg["judge"].get("min_separation", 0.05) * self.score_range()
+
     def calibrated(self, leaf: str, raw: float) -> float | None:
         ref = self.calibration.get(leaf)
-        # min_separation is a fraction of the score's span (0.05 of P(yes); 0.1 of a 1-3 grade)
-        if not ref or ref[1] - ref[0] < self.sdg["judge"].get("min_separation", 0.05) * self.score_range():
+        if not self.separates(ref):
             return None
         return (raw - ref[0]) / (ref[1] - ref[0])
 
@@ -391,6 +402,17 @@ def _split(total: int, n: int) -> list[int]:
     """`total` in n integer parts that sum to it (the first ones one larger)."""
     q, r = divmod(int(total), n)
     return [q + (j < r) for j in range(n)]
+
+
+UNSEPARATED = ("raw", "skip")
+
+
+def check_unseparated(sdg) -> str:
+    """sdg.judge.unseparated, checked: raw | skip."""
+    value = str((sdg.get("judge") or {}).get("unseparated", "raw"))
+    if value not in UNSEPARATED:
+        raise ConfigError(f"sdg.judge.unseparated={value!r}: one of {', '.join(UNSEPARATED)}")
+    return value
 
 
 def check_rationale(sdg) -> list[str]:

@@ -204,3 +204,25 @@ def test_a_teacher_that_reused_prompt_tokens_gets_a_computed_per_accepted_column
     billed = s["prompt_tokens"] + s["completion_tokens"]
     row = next(line for line in md.splitlines() if line.startswith(f"| {leaf} |") and str(s["prompt_tokens"]) in line)
     assert row.rstrip(" |").endswith(f"{billed / s['kept']:.0f} | {(billed - s['cached_prompt_tokens']) / s['kept']:.0f}")
+
+
+def test_the_judges_section_says_what_each_judges_verdicts_rest_on_per_leaf(tmp_path, cfg):
+    """From sdg/calibration.json: reference levels, whether they separate, rows per request."""
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "judged"
+    _write_generation(run)
+    haiku, facts = "compositional_skills/writing/poetry/haiku", "compositional_skills/extraction/facts_to_list"
+    (run / "sdg").mkdir()
+    (run / "sdg" / "calibration.json").write_text(json.dumps({
+        "judge_instruction": {haiku: [0.2, 0.7], facts: [0.5, 0.51]},
+        "judge_pair": {haiku: [2.0, 2.01]},
+        "rows_per_request": {"judge_instruction": {haiku: 4, facts: 1}}}))
+    rows = [line for line in write_report(run, cfg).read_text().splitlines() if line.startswith("| judge_")]
+    assert rows == [f"| judge_instruction | {facts} | 0.500 | 0.510 | raw score, raw threshold | 1 |",
+                    f"| judge_instruction | {haiku} | 0.200 | 0.700 | calibrated | 4 |",
+                    f"| judge_pair | {haiku} | 2.000 | 2.010 | raw score, raw threshold | 1 |"]
+    skip = OmegaConf.merge(cfg, {"sdg": {"judge": {"unseparated": "skip"}}})
+    md = write_report(run, skip).read_text()
+    assert f"| judge_pair | {haiku} | 2.000 | 2.010 | skipped (sdg.judge.unseparated=skip) | 1 |" in md
+    assert "| calibrated | 4 |" in md
