@@ -69,12 +69,11 @@ def test_first_token_scoring_of_the_new_scale_is_not_uniform_and_the_old_one_was
 
     scores = load_prompt("eval_judge").scores
     assert 1.0 < expected_score(probs, scores) < 5.5
-    # [[1]]..[[10]]: the only top token is "[[", shared by all: uniform, always 5.5.
+    # [[1]]..[[10]]: the only top token is "[[", shared by all. It once gave every rating 0.1 (every
+    # answer 5.5); now choices that would share a token get no first-token probability at all.
     old = choice_logprobs_from_top({"content": [{"token": "[[", "top_logprobs": [{"token": "[[", "logprob": 0.0}]}]},
                                    MT_BENCH)
-    old_probs = TeacherReply(ok=True, choice_logprobs=old).choice_probs()
-    assert list(old_probs.values()) == [pytest.approx(0.1)] * 10
-    assert expected_score(old_probs, {c: i for i, c in enumerate(MT_BENCH, 1)}) == pytest.approx(5.5)
+    assert old is None and TeacherReply(ok=True, choice_logprobs=old).choice_probs() is None
 
 
 def test_eval_judge_scale_keeps_the_1_to_10_range():
