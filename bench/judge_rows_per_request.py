@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lab_ray.config import load_config
 from lab_ray.embedded_model import embedded_model_dir
-from lab_ray.sdg.calibration import _references, reference_rows
+from lab_ray.sdg.calibration import reference_rows, reference_texts
 from lab_ray.sdg.plan import build_plan
 from lab_ray.sdg.stages import JUDGES
 from lab_ray.teacher.client import TeacherReply
@@ -72,7 +72,7 @@ def main() -> None:
         judge = judge_cls(None, sdg)
         if spec["kind"] not in judge.kinds:
             continue
-        good, bad = reference_rows(judge.stage, spec, [], _references(None), 6)
+        good, bad = reference_rows(judge.stage, spec, [], reference_texts(None), 6)
         rows, labels = good + bad, ["good"] * len(good) + ["bad"] * len(bad)
         sep, a, billed = figures(judge.verdicts(rows, teacher, 1), labels)
         print(f"{judge.stage}: {len(good)} good, {len(bad)} bad references; one per request: "

@@ -25,15 +25,16 @@ import yaml
 
 from lab_ray.prompts import prompts_dir
 from lab_ray.sdg.judge_batch import CALIBRATION_KEY, chosen_rows
-
-# Orders the references are judged in, k per request, before a leaf may be judged so.
-JOINT_SHUFFLES = 3
 from lab_ray.sdg.stages import JUDGES, ROW_SCHEMA
 from lab_ray.storage import atomic_write_json, read_json
 from lab_ray.teacher.client import make_teacher
 
+# Orders the references are judged in, k per request, before a leaf may be judged so.
+JOINT_SHUFFLES = 3
 
-def _references(path: str | None) -> dict:
+
+def reference_texts(path: str | None) -> dict:
+    """conf/prompts/calibration.yaml (or sdg.prompts_dir's): the known-bad texts references use."""
     file = prompts_dir(path) / "calibration.yaml"
     data = yaml.safe_load(file.read_text(encoding="utf-8")) if file.exists() else {}
     return data or {}
@@ -68,7 +69,7 @@ def reference_rows(stage: str, spec: dict, others: list[str], refs: dict, k: int
 def calibrate(specs: list[dict], teacher_spec: dict, sdg: dict) -> dict:
     """{stage: {leaf: [bad level, good level]}} for every judge that applies to a leaf."""
     teacher = make_teacher(teacher_spec)
-    refs = _references(sdg.get("prompts_dir"))
+    refs = reference_texts(sdg.get("prompts_dir"))
     k = int(sdg["judge"]["max_references"])
     out: dict[str, dict[str, list[float]]] = {}
     for judge_cls in JUDGES:
@@ -93,7 +94,7 @@ def calibrate(specs: list[dict], teacher_spec: dict, sdg: dict) -> dict:
         levels = out.setdefault(judge.stage, {})
         levels.update(_levels(judge, calls, index, teacher, 1))
         if judge.rows_per_request > 1:
-            _choose_rows_per_request(judge, calls, index, teacher, levels, out, sdg)
+            _choose_rows_per_request(judge, calls, index, teacher, levels, out)
     close = getattr(teacher, "close", None)
     if close:
         close()
@@ -114,7 +115,7 @@ def _levels(judge, calls: list[dict], index: list[tuple[str, str]], teacher, k: 
     return levels
 
 
-def _choose_rows_per_request(judge, calls, index, teacher, levels: dict, out: dict, sdg: dict) -> None:
+def _choose_rows_per_request(judge, calls, index, teacher, levels: dict, out: dict) -> None:
     """sdg.judge.rows_per_request per leaf: the references judged k per request, in
     JOINT_SHUFFLES shuffled orders (a row's line in its group says nothing about its label); a
     leaf keeps k, and the mean levels measured so, only where every order still separates good
@@ -127,11 +128,10 @@ def _choose_rows_per_request(judge, calls, index, teacher, levels: dict, out: di
         order = list(range(len(calls)))
         random.Random(seed).shuffle(order)
         runs.append(_levels(judge, [calls[i] for i in order], [index[i] for i in order], teacher, k))
-    min_sep = float(sdg["judge"].get("min_separation", 0.05)) * judge.score_range()
     chosen = {}
     for leaf in sorted({leaf for leaf, _ in index}):
         joint = [run.get(leaf) for run in runs]
-        chosen[leaf] = min(chosen_rows(levels.get(leaf), j, k, min_sep) for j in joint)
+        chosen[leaf] = min(chosen_rows(judge, levels.get(leaf), j, k) for j in joint)
         if chosen[leaf] > 1:
             levels[leaf] = [sum(j[0] for j in joint) / len(joint), sum(j[1] for j in joint) / len(joint)]
     out.setdefault(CALIBRATION_KEY, {})[judge.stage] = chosen

@@ -33,13 +33,12 @@ CALIBRATION_KEY = "rows_per_request"
 KEEP_SEPARATION = 0.75
 
 
-def chosen_rows(single: list[float] | None, joint: list[float] | None, k: int, min_separation: float) -> int:
-    """k when the [bad, good] levels judged k per request separate the references well enough
-    next to those judged one by one (KEEP_SEPARATION), else 1."""
-    if not single or not joint:
+def chosen_rows(judge, single: list[float] | None, joint: list[float] | None, k: int) -> int:
+    """k when the [bad, good] levels judged k per request separate the references (the judge's
+    own test, JudgeStage.separates) and at least KEEP_SEPARATION as well as one by one, else 1."""
+    if not single or not joint or not judge.separates(joint):
         return 1
-    apart = joint[1] - joint[0]
-    return k if apart >= min_separation and apart >= KEEP_SEPARATION * (single[1] - single[0]) else 1
+    return k if joint[1] - joint[0] >= KEEP_SEPARATION * (single[1] - single[0]) else 1
 
 
 def check_rows_per_request(sdg) -> int:

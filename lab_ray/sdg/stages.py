@@ -252,8 +252,9 @@ class JudgeStage(TeacherStage):
         """(the reply charged to the row, its raw score or None) per row, in order: one request
         per row, or per group of up to k rows (default: the row's leaf's rows_for_leaf; each row
         of a group is charged an even share of its request)."""
-        one = [r for r in rows if (k or self.rows_for_leaf(r["leaf"])) == 1]
-        groups = self.groups([r for r in rows if (k or self.rows_for_leaf(r["leaf"])) > 1], k)
+        per_leaf = {leaf: k or self.rows_for_leaf(leaf) for leaf in {r["leaf"] for r in rows}}
+        one = [r for r in rows if per_leaf[r["leaf"]] == 1]
+        groups = self.groups([r for r in rows if per_leaf[r["leaf"]] > 1], k)
         replies = teacher.run_many([self.request(r) for r in one] + [self.batch_request(g) for g in groups]) \
             if rows else []
         out: dict[int, tuple] = {id(r): (reply, self.raw_score(reply) if reply.ok else None)

@@ -129,8 +129,6 @@ def test_a_judge_asked_about_several_rows_gets_each_rows_probability_from_its_ve
     ("1: yes\n2: no\n3: yes"). vLLM scores only what it generates, and every joint verdict starts
     with "1", so a first-token probability would say nothing (the client gives none); each row's
     probability is read from the top logprobs at its own verdict token instead."""
-    import pandas as pd
-
     from lab_ray.sdg import judge_batch
     from lab_ray.sdg.stages import JudgeInstruction, ROW_SCHEMA
     from lab_ray.teacher.client import TeacherClient
@@ -158,13 +156,9 @@ def test_a_judge_asked_about_several_rows_gets_each_rows_probability_from_its_ve
     for line, probs in zip(reply.text.split("\n"), per_row):
         assert probs[line.split(": ")[1]] >= 0.5
     assert all(raw is not None and 0.0 < raw < 1.0 for _, raw in verdicts), verdicts
-    assert [r.prompt_tokens for r, _ in verdicts] == judge_batch_shares(reply.prompt_tokens, 3)
+    shares = [r.prompt_tokens for r, _ in verdicts]  # the request's tokens, evenly over its rows
+    assert sum(shares) == reply.prompt_tokens and max(shares) - min(shares) <= 1, shares
     still_serving(served)
-
-
-def judge_batch_shares(total: int, n: int) -> list[int]:
-    q, r = divmod(total, n)
-    return [q + (j < r) for j in range(n)]
 
 
 def test_eval_judge_rates_with_the_models_own_probabilities(served):
